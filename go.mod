@@ -3,6 +3,7 @@ module github.com/batonfaas/baton
 go 1.26
 
 require (
+	go.etcd.io/bbolt v1.4.3 // indirect
 	golang.org/x/net v0.42.0 // indirect
 	golang.org/x/sys v0.34.0 // indirect
 	golang.org/x/text v0.27.0 // indirect

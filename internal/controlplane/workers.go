@@ -1,0 +1,295 @@
+package controlplane
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/batonfaas/baton/api/controlplane/v1"
+)
+
+// workerSession is one open WorkerSession stream.
+type workerSession struct {
+	epoch  uint64
+	worker *worker
+
+	mu     sync.Mutex
+	queue  []*pb.WorkerCommand
+	wake   chan struct{}
+	closed bool
+}
+
+// send queues cmd for the session's sender; it never blocks.
+func (s *workerSession) send(cmd *pb.WorkerCommand) {
+	cmd.Epoch = s.epoch
+	s.mu.Lock()
+	if !s.closed {
+		s.queue = append(s.queue, cmd)
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *workerSession) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// WorkerSession implements the worker link (see the proto for the protocol).
+func (cp *ControlPlane) WorkerSession(stream pb.ControlPlane_WorkerSessionServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil || hello.WorkerId == "" {
+		return status.Error(codes.InvalidArgument, "the first message of a worker session must be a hello with a worker id")
+	}
+	sess := cp.openWorkerSession(hello)
+	cp.log.Info("worker connected", "worker", hello.WorkerId, "epoch", sess.epoch, "sandboxes", len(hello.Sandboxes),
+		"cpu", hello.Capacity.GetCpuMillicores(), "memory_mib", hello.Capacity.GetMemoryMib())
+	defer cp.closeWorkerSession(sess)
+
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- cp.workerSender(stream, sess) }()
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			cp.handleWorkerMessage(sess, msg)
+		}
+	}()
+	select {
+	case err = <-sendErr:
+	case err = <-recvErr:
+	case <-cp.ctx.Done():
+		err = nil
+	}
+	sess.close()
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return err
+}
+
+func (cp *ControlPlane) workerSender(stream pb.ControlPlane_WorkerSessionServer, s *workerSession) error {
+	for {
+		select {
+		case <-s.wake:
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+		s.mu.Lock()
+		q, closed := s.queue, s.closed
+		s.queue = nil
+		s.mu.Unlock()
+		if closed {
+			return nil
+		}
+		for _, cmd := range q {
+			if err := stream.Send(cmd); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// openWorkerSession registers (or re-registers) a worker and reconciles what
+// it runs with what the control plane expects.
+func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	now := cp.cfg.Now()
+	w := cp.workers[h.WorkerId]
+	known := w != nil && w.up
+	if w == nil {
+		w = &worker{id: h.WorkerId, sandboxes: make(map[string]*sandbox)}
+		cp.workers[h.WorkerId] = w
+	}
+	if w.session != nil {
+		w.session.close()
+	}
+	w.hostname, w.runtime, w.capacity = h.Hostname, h.Runtime, h.Capacity
+	w.used, w.lastBeat, w.up = &pb.Resources{}, now, true
+	sess := &workerSession{epoch: cp.nextEpoch(), worker: w, wake: make(chan struct{}, 1)}
+	w.session = sess
+	sess.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Accepted{Accepted: &pb.SessionAccepted{
+		Epoch: sess.epoch, HeartbeatIntervalMs: cp.cfg.HeartbeatInterval.Milliseconds(),
+	}}})
+
+	reported := make(map[string]*pb.SandboxInfo, len(h.Sandboxes))
+	for _, s := range h.Sandboxes {
+		reported[s.SandboxId] = s
+	}
+	// What we expected on this worker and it no longer has is gone.
+	for id, sb := range w.sandboxes {
+		if _, ok := reported[id]; !ok {
+			cp.forget(sb)
+		}
+	}
+	touched := map[string]bool{}
+	for id, s := range reported {
+		if sb := w.sandboxes[id]; sb != nil {
+			if sb.state == sbPending {
+				cp.markReady(sb, s.Address, 0)
+			}
+			continue
+		}
+		fn := cp.functions[s.Function]
+		// A worker this control plane already knew (it was up, or came back
+		// after being declared down, whose sandboxes were replaced) runs
+		// sandboxes nobody expects: stop them. A worker new to this control
+		// plane (after a restart) has its current sandboxes adopted.
+		if known || fn == nil || s.Generation != fn.def.Generation || cp.workerWasDown(h.WorkerId) {
+			sess.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Delete{Delete: &pb.DeleteSandbox{SandboxId: id}}})
+			continue
+		}
+		sb := &sandbox{id: id, fn: s.Function, generation: s.Generation, worker: w, state: sbReady,
+			address: s.Address, cpu: s.CpuMillicores, memory: s.MemoryMib, since: now}
+		cp.track(fn, sb)
+		fn.desired = max(fn.desired, int32(len(fn.sandboxes)))
+		touched[fn.name()] = true
+	}
+	delete(cp.downWorkers, h.WorkerId)
+	for name := range touched {
+		cp.markDirty(name)
+	}
+	return sess
+}
+
+// workerWasDown reports whether id was declared down by this control plane
+// (its sandboxes were then replaced elsewhere). cp.mu held.
+func (cp *ControlPlane) workerWasDown(id string) bool {
+	_, ok := cp.downWorkers[id]
+	return ok
+}
+
+func (cp *ControlPlane) closeWorkerSession(s *workerSession) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if s.worker.session == s {
+		s.worker.session = nil
+		cp.log.Info("worker disconnected", "worker", s.worker.id, "epoch", s.epoch)
+	}
+}
+
+func (cp *ControlPlane) handleWorkerMessage(s *workerSession, msg *pb.WorkerMessage) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	w := s.worker
+	if w.session != s {
+		return // a newer session replaced this one
+	}
+	now := cp.cfg.Now()
+	switch m := msg.Msg.(type) {
+	case *pb.WorkerMessage_Heartbeat:
+		if m.Heartbeat.Epoch != s.epoch {
+			return
+		}
+		w.lastBeat = now
+		w.used = m.Heartbeat.Used
+	case *pb.WorkerMessage_Event:
+		ev := m.Event
+		if ev.Epoch != s.epoch || ev.Sandbox == nil {
+			return
+		}
+		w.lastBeat = now
+		cp.handleSandboxEvent(w, ev)
+	}
+}
+
+func (cp *ControlPlane) handleSandboxEvent(w *worker, ev *pb.SandboxEvent) {
+	id := ev.Sandbox.SandboxId
+	sb := w.sandboxes[id]
+	switch ev.Kind {
+	case pb.SandboxEvent_KIND_READY:
+		if sb == nil {
+			// Not ours (any more): a duplicate or a late answer.
+			w.session.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Delete{Delete: &pb.DeleteSandbox{SandboxId: id}}})
+			return
+		}
+		if sb.state == sbPending {
+			cp.markReady(sb, ev.Sandbox.Address, ev.CreateMicros)
+		}
+	case pb.SandboxEvent_KIND_FAILED:
+		if sb == nil {
+			return
+		}
+		cp.forget(sb)
+		if fn := cp.functions[sb.fn]; fn != nil && sb.state == sbPending {
+			cp.creationFailed(fn, ev.Reason)
+		}
+	case pb.SandboxEvent_KIND_EXITED, pb.SandboxEvent_KIND_DELETED:
+		if sb == nil {
+			return
+		}
+		wasLive := sb.state == sbReady || sb.state == sbPending
+		cp.forget(sb)
+		if fn := cp.functions[sb.fn]; fn != nil && wasLive {
+			cp.log.Warn("sandbox exited", "function", sb.fn, "sandbox", id, "worker", w.id, "reason", ev.Reason)
+			cp.reconcile(fn) // replace it
+		}
+	}
+}
+
+func (cp *ControlPlane) markReady(sb *sandbox, addr string, createMicros int64) {
+	sb.state, sb.address, sb.createMicros, sb.since = sbReady, addr, createMicros, cp.cfg.Now()
+	fn := cp.functions[sb.fn]
+	if fn == nil {
+		cp.stopSandbox(sb)
+		return
+	}
+	if sb.generation != fn.def.Generation {
+		cp.drain(fn, sb)
+		return
+	}
+	fn.failures, fn.lastErr = 0, ""
+	cp.markDirty(sb.fn)
+}
+
+// checkHeartbeats declares down the workers silent for longer than the
+// timeout: their sandboxes are forgotten, leave every data plane's table at
+// once, and are replaced elsewhere.
+func (cp *ControlPlane) checkHeartbeats(now time.Time) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	for _, w := range cp.workers {
+		if !w.up || now.Sub(w.lastBeat) < cp.cfg.HeartbeatTimeout {
+			continue
+		}
+		w.up = false
+		cp.downWorkers[w.id] = struct{}{}
+		if w.session != nil {
+			w.session.close()
+			w.session = nil
+		}
+		cp.log.Warn("worker down: missed heartbeats", "worker", w.id, "silent_for", now.Sub(w.lastBeat).Round(time.Millisecond),
+			"sandboxes", len(w.sandboxes))
+		affected := map[string]*function{}
+		for _, sb := range w.sandboxes {
+			if fn := cp.functions[sb.fn]; fn != nil {
+				affected[sb.fn] = fn
+			}
+			cp.forget(sb)
+		}
+		for _, fn := range affected {
+			cp.reconcile(fn)
+		}
+	}
+}

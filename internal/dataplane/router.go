@@ -1,0 +1,404 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// router is the data plane's core, independent of any HTTP engine: it
+// resolves a request to a function, takes a slot on one of its endpoints
+// (waiting in the function's queue when none is free) and gives it back. An
+// engine drives one request through it as
+//
+//	fn, name, rest, viaPath := rt.resolve(host, path)
+//	var c call
+//	rt.begin(fn, &c)        // counts the arrival
+//	defer rt.end(&c)        // frees the slot, counts the departure
+//	err := rt.acquire(ctx, &c)
+//	... forward to c.ep.addr ...
+//
+// and maps a *reqError to its own wire format. Nothing here imports net/http.
+//
+// Lock order: router.wmu → function.mu → scaleSet.mu, activeSet.mu. The
+// warm path takes no lock at all: a table lookup, an atomic pointer load, a
+// CAS on an endpoint's counter, and atomic adds on the function's load meter.
+type router struct {
+	table      table
+	policy     policy
+	queueLimit int
+	base       time.Time // origin of the load meters' clock (monotonic)
+	log        *slog.Logger
+
+	epoch atomic.Uint64 // of the route updates applied; grows only
+
+	wmu        sync.Mutex        // serialises route updates
+	tombstones map[string]uint64 // functions deleted in this epoch -> version (wmu)
+
+	scale  scaleSet
+	active activeSet
+}
+
+func newRouter(pol policy, queueLimit int, log *slog.Logger) *router {
+	return &router{
+		policy:     pol,
+		queueLimit: queueLimit,
+		base:       time.Now(),
+		log:        log,
+		tombstones: make(map[string]uint64),
+		scale:      scaleSet{kick: make(chan struct{}, 1)},
+	}
+}
+
+// reqError is a request the data plane answers itself. status is an HTTP
+// status code (the engine's business how to send it), body the whole body.
+type reqError struct {
+	status int
+	body   string
+}
+
+func (e *reqError) Error() string { return strings.TrimSuffix(e.body, "\n") }
+
+// statusClientClosed marks a request whose client went away: nothing is
+// sent (nginx's 499).
+const statusClientClosed = 499
+
+var errClientGone = &reqError{statusClientClosed, "client closed request\n"}
+
+func errNotFound(name string) *reqError {
+	return &reqError{404, fmt.Sprintf("function %q not found\n", name)}
+}
+
+func errDeleted(name string) *reqError {
+	return &reqError{404, fmt.Sprintf("function %q deleted\n", name)}
+}
+
+func errQueueFull(name string, n int) *reqError {
+	return &reqError{503, fmt.Sprintf("function %q: queue full (%d waiting)\n", name, n)}
+}
+
+func errStartFailed(name, reason string) *reqError {
+	return &reqError{502, fmt.Sprintf("function %q failed to start: %s\n", name, reason)}
+}
+
+func errNoSandbox(name string, d time.Duration) *reqError {
+	return &reqError{504, fmt.Sprintf("function %q: waited %s for a sandbox, none became available\n", name, d)}
+}
+
+func errShuttingDown(name string) *reqError {
+	return &reqError{503, fmt.Sprintf("function %q: data plane shutting down\n", name)}
+}
+
+// waitError says why a wait bounded by ctx ended.
+func waitError(ctx context.Context, name string, timeout time.Duration) *reqError {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return errNoSandbox(name, timeout)
+	}
+	return errClientGone
+}
+
+// hostName strips the port from a Host header value.
+func hostName(host string) string {
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && strings.IndexByte(host[i:], ']') < 0 {
+		return host[:i]
+	}
+	return host
+}
+
+// resolve finds the function a request is for: Host NAME (port ignored,
+// case folded) when NAME is a known function, else path /fn/NAME/rest. It
+// returns the function or nil, the name it looked up last (for a 404), and,
+// for path routing, the path to forward ("/" when nothing follows the name).
+func (rt *router) resolve(host, path string) (fn *function, name, rest string, viaPath bool) {
+	name = hostName(host)
+	if name != "" {
+		if fn = rt.table.lookup(name); fn != nil {
+			return fn, name, "", false
+		}
+	}
+	if p, ok := strings.CutPrefix(path, "/fn/"); ok {
+		n, r := p, "/"
+		if i := strings.IndexByte(p, '/'); i >= 0 {
+			n, r = p[:i], p[i:]
+		}
+		return rt.table.lookup(n), n, r, true
+	}
+	return nil, name, "", false
+}
+
+// call is one request's passage through the router.
+type call struct {
+	fn      *function
+	ep      *endpoint     // the slot held, if any
+	arrived time.Time     // when begin was called
+	timeout time.Duration // the function's, when acquire was called
+	queued  bool          // went through the wait queue
+	cold    bool          // served by an endpoint that appeared after arrival
+}
+
+// micros is the load meters' clock: µs since the router was made.
+func (rt *router) micros(t time.Time) int64 { return int64(t.Sub(rt.base) / time.Microsecond) }
+
+// begin counts a request's arrival at fn.
+func (rt *router) begin(fn *function, c *call) {
+	c.fn = fn
+	c.arrived = time.Now()
+	fn.load.arrive(rt.micros(c.arrived))
+	if !fn.reporting.Load() {
+		rt.active.add(fn)
+	}
+}
+
+// end frees the slot c holds and counts its departure. Call it once per
+// begin, whatever happened in between.
+func (rt *router) end(c *call) {
+	if c.ep != nil {
+		rt.release(c.fn, c.ep)
+		c.ep = nil
+	}
+	c.fn.load.depart(rt.micros(time.Now()))
+}
+
+// acquire takes a slot for c on one of its function's endpoints, waiting in
+// the queue (bounded by ctx) when none is free.
+func (rt *router) acquire(ctx context.Context, c *call) *reqError {
+	fn := c.fn
+	st := fn.state.Load()
+	c.timeout = st.timeout
+	// Fast path. Only when nobody waits: a freed slot belongs to the queue's
+	// head, not to whoever arrives next.
+	if fn.queued.Load() == 0 {
+		if ep := rt.pick(fn, st); ep != nil {
+			c.ep = ep
+			return nil
+		}
+	}
+	return rt.wait(ctx, c)
+}
+
+// wait queues c and waits for a slot to be handed to it.
+//
+// The rule for a function whose sandboxes fail to start: while its route
+// carries an error and it has no endpoint at all, every waiting request and
+// every new one is answered 502 with that error. As soon as an update brings
+// an endpoint or clears the error, requests queue again (and a ScaleRequest
+// goes out) as usual.
+func (rt *router) wait(ctx context.Context, c *call) *reqError {
+	fn := c.fn
+	fn.mu.Lock()
+	if fn.gone != nil {
+		err := fn.gone
+		fn.mu.Unlock()
+		return err
+	}
+	st := fn.state.Load()
+	if len(st.eps) == 0 && st.err != "" {
+		fn.mu.Unlock()
+		return errStartFailed(fn.name, st.err)
+	}
+	if fn.q.n >= rt.queueLimit {
+		n := fn.q.n
+		fn.mu.Unlock()
+		return errQueueFull(fn.name, n)
+	}
+	w := getWaiter()
+	fn.q.push(w)
+	// Publish the queue length before trying for a slot: a release that
+	// decrements a counter after our try reads a non-zero queued and
+	// dispatches, so no slot is freed unseen.
+	fn.queued.Store(int32(fn.q.n))
+	rt.dispatchLocked(fn)
+	if w.queued && (fn.scaleMark == 0 || fn.q.n >= 2*fn.scaleMark) {
+		// At most one ScaleRequest outstanding per function until the
+		// queue empties or doubles.
+		fn.scaleMark = fn.q.n
+		rt.scale.mark(fn)
+	}
+	fn.mu.Unlock()
+	c.queued = true
+
+	select {
+	case res := <-w.ch:
+		putWaiter(w)
+		return c.granted(res)
+	case <-ctx.Done():
+	}
+	fn.mu.Lock()
+	if w.queued {
+		fn.q.remove(w)
+		fn.queued.Store(int32(fn.q.n))
+		if fn.q.n == 0 {
+			fn.scaleMark = 0
+		}
+		fn.mu.Unlock()
+		putWaiter(w)
+		return waitError(ctx, fn.name, c.timeout)
+	}
+	fn.mu.Unlock()
+	// Served (or failed) while we were giving up: the result is in w.ch.
+	res := <-w.ch
+	putWaiter(w)
+	if res.ep != nil {
+		rt.release(fn, res.ep)
+	}
+	if res.err != nil {
+		return res.err
+	}
+	return waitError(ctx, fn.name, c.timeout)
+}
+
+func (c *call) granted(res waitResult) *reqError {
+	if res.err != nil {
+		return res.err
+	}
+	c.ep = res.ep
+	c.cold = res.ep.added.After(c.arrived)
+	return nil
+}
+
+// pick takes a slot by the balancing policy, or returns nil when every
+// endpoint is full.
+func (rt *router) pick(fn *function, st *routeState) *endpoint {
+	eps := st.eps
+	if len(eps) == 0 {
+		return nil
+	}
+	limit := st.concurrency
+	for try := 0; try < 3; try++ {
+		var seq uint64
+		if rt.policy.usesSeq {
+			seq = fn.rr.Add(1) - 1
+		}
+		i := rt.policy.pick(eps, limit, seq, globalRand{})
+		if i < 0 {
+			return nil
+		}
+		if eps[i].tryAcquire(limit) {
+			return eps[i]
+		}
+	}
+	// Lost the race for the chosen slot three times: take any free one.
+	for _, ep := range eps {
+		if ep.tryAcquire(limit) {
+			return ep
+		}
+	}
+	return nil
+}
+
+// tryOther takes a free slot on an endpoint other than exclude, without
+// waiting: the retry after exclude turned out unreachable.
+func (rt *router) tryOther(fn *function, exclude *endpoint) *endpoint {
+	st := fn.state.Load()
+	n := len(st.eps)
+	if n == 0 {
+		return nil
+	}
+	start := rand.IntN(n)
+	for k := 0; k < n; k++ {
+		ep := st.eps[(start+k)%n]
+		if ep != exclude && ep.tryAcquire(st.concurrency) {
+			return ep
+		}
+	}
+	return nil
+}
+
+// release gives a slot back; if requests wait, the head one gets a slot.
+func (rt *router) release(fn *function, ep *endpoint) {
+	ep.inflight.Add(-1)
+	if fn.queued.Load() != 0 {
+		fn.mu.Lock()
+		rt.dispatchLocked(fn)
+		fn.mu.Unlock()
+	}
+}
+
+// dispatchLocked hands free slots to waiters, head first. fn.mu is held.
+func (rt *router) dispatchLocked(fn *function) {
+	for fn.q.head != nil {
+		ep := rt.pick(fn, fn.state.Load())
+		if ep == nil {
+			break
+		}
+		w := fn.q.pop()
+		w.ch <- waitResult{ep: ep}
+	}
+	fn.queued.Store(int32(fn.q.n))
+	if fn.q.n == 0 {
+		fn.scaleMark = 0
+	}
+}
+
+// failLocked answers every waiter with err. fn.mu is held.
+func (rt *router) failLocked(fn *function, err *reqError) {
+	for w := fn.q.pop(); w != nil; w = fn.q.pop() {
+		w.ch <- waitResult{err: err}
+	}
+	fn.queued.Store(0)
+	fn.scaleMark = 0
+}
+
+// failAllWaiters answers every waiting request of every function with a 503
+// (the data plane is going away).
+func (rt *router) failAllWaiters() {
+	rt.table.each(func(fn *function) {
+		fn.mu.Lock()
+		if fn.q.n > 0 {
+			rt.failLocked(fn, errShuttingDown(fn.name))
+		}
+		fn.mu.Unlock()
+	})
+}
+
+// scaleSet is the set of functions that need a ScaleRequest sent: the
+// request path marks a function (a CAS, and a short lock the first time) and
+// the session's sender drains the set, so a request never waits on the
+// stream.
+type scaleSet struct {
+	mu    sync.Mutex
+	dirty []*function
+	kick  chan struct{} // capacity 1: "the set is not empty"
+}
+
+func (s *scaleSet) mark(fn *function) {
+	if !fn.scaleDirty.CompareAndSwap(false, true) {
+		return
+	}
+	s.mu.Lock()
+	s.dirty = append(s.dirty, fn)
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// take moves the set into buf and empties it.
+func (s *scaleSet) take(buf []*function) []*function {
+	s.mu.Lock()
+	buf = append(buf[:0], s.dirty...)
+	clear(s.dirty)
+	s.dirty = s.dirty[:0]
+	s.mu.Unlock()
+	for _, fn := range buf {
+		fn.scaleDirty.Store(false)
+	}
+	return buf
+}
+
+// markWaiting queues a ScaleRequest for every function with waiting
+// requests: a new session must hear about them even if the last one did.
+func (rt *router) markWaiting() {
+	rt.table.each(func(fn *function) {
+		if fn.queued.Load() > 0 {
+			rt.scale.mark(fn)
+		}
+	})
+}

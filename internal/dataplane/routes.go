@@ -1,0 +1,231 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	controlplanev1 "github.com/batonfaas/baton/api/controlplane/v1"
+)
+
+// ErrStaleEpoch is returned by ApplyRoutes for an update it dropped because
+// of its epoch.
+var ErrStaleEpoch = errors.New("stale route update")
+
+// DefaultTimeout bounds a request when its route says timeout_ms 0.
+const DefaultTimeout = 5 * time.Minute
+
+// applyRoutes applies one RouteUpdate; see DataPlane.ApplyRoutes for the
+// rules.
+func (rt *router) applyRoutes(u *controlplanev1.RouteUpdate) error {
+	rt.wmu.Lock()
+	defer rt.wmu.Unlock()
+	cur := rt.epoch.Load()
+	switch {
+	case u.GetEpoch() < cur:
+		return fmt.Errorf("%w: epoch %d, session holds %d", ErrStaleEpoch, u.GetEpoch(), cur)
+	case !u.GetFull() && u.GetEpoch() != cur:
+		return fmt.Errorf("%w: incremental update for epoch %d, session holds %d", ErrStaleEpoch, u.GetEpoch(), cur)
+	}
+	now := time.Now()
+	txn := tableTxn{t: &rt.table}
+	var changed, removed []*function
+	if u.GetFull() {
+		rt.epoch.Store(u.GetEpoch())
+		clear(rt.tombstones)
+		listed := make(map[string]struct{}, len(u.GetFunctions()))
+		for _, fr := range u.GetFunctions() {
+			if fr.GetDeleted() {
+				continue // absent, as far as a snapshot goes
+			}
+			listed[fr.GetName()] = struct{}{}
+			changed = append(changed, rt.upsert(&txn, fr, now))
+		}
+		rt.table.each(func(fn *function) {
+			if _, ok := listed[fn.name]; !ok {
+				txn.del(fn.name)
+				removed = append(removed, fn)
+			}
+		})
+	} else {
+		for _, fr := range u.GetFunctions() {
+			name := fr.GetName()
+			fn := txn.get(name)
+			held, known := rt.tombstones[name]
+			if fn != nil {
+				held, known = fn.state.Load().version, true
+			}
+			if known && fr.GetVersion() <= held {
+				continue // older than (or the same as) what we hold
+			}
+			if fr.GetDeleted() {
+				rt.tombstones[name] = fr.GetVersion()
+				if fn != nil {
+					txn.del(name)
+					removed = append(removed, fn)
+				}
+				continue
+			}
+			delete(rt.tombstones, name)
+			changed = append(changed, rt.upsert(&txn, fr, now))
+		}
+	}
+	txn.commit()
+	for _, fn := range removed {
+		rt.retire(fn)
+	}
+	for _, fn := range changed {
+		rt.settle(fn)
+	}
+	return nil
+}
+
+// upsert installs fr's route, creating the function if it is new. Endpoints
+// that stay (same sandbox id and address) keep their identity and in-flight
+// counters.
+func (rt *router) upsert(txn *tableTxn, fr *controlplanev1.FunctionRoute, now time.Time) *function {
+	fn := txn.get(fr.GetName())
+	if fn == nil {
+		fn = newFunction(fr.GetName())
+		fn.state.Store(newRouteState(fr, nil, now))
+		txn.put(fn)
+		return fn
+	}
+	fn.state.Store(newRouteState(fr, fn.state.Load().eps, now))
+	return fn
+}
+
+func newRouteState(fr *controlplanev1.FunctionRoute, old []*endpoint, now time.Time) *routeState {
+	st := &routeState{
+		version:     fr.GetVersion(),
+		generation:  fr.GetGeneration(),
+		concurrency: max(fr.GetConcurrency(), 1),
+		timeout:     time.Duration(fr.GetTimeoutMs()) * time.Millisecond,
+		err:         fr.GetError(),
+	}
+	if st.timeout <= 0 {
+		st.timeout = DefaultTimeout
+	}
+	var byID map[string]*endpoint
+	if len(old) > 8 {
+		byID = make(map[string]*endpoint, len(old))
+		for _, ep := range old {
+			byID[ep.id] = ep
+		}
+	}
+	find := func(id string) *endpoint {
+		if byID != nil {
+			return byID[id]
+		}
+		for _, ep := range old {
+			if ep.id == id {
+				return ep
+			}
+		}
+		return nil
+	}
+	st.eps = make([]*endpoint, 0, len(fr.GetEndpoints()))
+	for _, e := range fr.GetEndpoints() {
+		ep := find(e.GetSandboxId())
+		if ep == nil || ep.addr != e.GetAddress() {
+			ep = &endpoint{
+				id:           e.GetSandboxId(),
+				addr:         e.GetAddress(),
+				worker:       e.GetWorkerId(),
+				createMicros: e.GetCreateMicros(),
+				added:        now,
+			}
+		}
+		st.eps = append(st.eps, ep)
+	}
+	return st
+}
+
+// settle serves or fails fn's waiters after its route changed.
+func (rt *router) settle(fn *function) {
+	fn.mu.Lock()
+	if st := fn.state.Load(); len(st.eps) == 0 && st.err != "" {
+		rt.failLocked(fn, errStartFailed(fn.name, st.err))
+	} else {
+		rt.dispatchLocked(fn)
+	}
+	fn.mu.Unlock()
+}
+
+// retire ends a deleted function (already out of the table): its waiters,
+// and requests that looked it up just before, get 404. Requests in flight
+// finish.
+func (rt *router) retire(fn *function) {
+	st := *fn.state.Load()
+	st.eps = nil
+	fn.state.Store(&st)
+	fn.mu.Lock()
+	fn.gone = errDeleted(fn.name)
+	rt.failLocked(fn, fn.gone)
+	fn.mu.Unlock()
+}
+
+// FunctionStats is a snapshot of one function in the routing table.
+type FunctionStats struct {
+	Name        string
+	Version     uint64
+	Generation  uint64
+	Concurrency int           // slots per endpoint
+	Timeout     time.Duration // bound on a request's life
+	Error       string        // why its sandboxes fail to start, if they do
+	InFlight    int           // requests in the data plane not waiting (forwarding)
+	Queued      int           // requests waiting for a slot
+	Endpoints   []EndpointStats
+}
+
+// EndpointStats is a snapshot of one endpoint.
+type EndpointStats struct {
+	SandboxID    string
+	Address      string
+	WorkerID     string
+	CreateMicros int64
+	InFlight     int
+}
+
+func (fn *function) stats() FunctionStats {
+	st := fn.state.Load()
+	level := int(fn.load.level())
+	queued := int(fn.queued.Load())
+	s := FunctionStats{
+		Name:        fn.name,
+		Version:     st.version,
+		Generation:  st.generation,
+		Concurrency: int(st.concurrency),
+		Timeout:     st.timeout,
+		Error:       st.err,
+		InFlight:    max(level-queued, 0),
+		Queued:      queued,
+		Endpoints:   make([]EndpointStats, 0, len(st.eps)),
+	}
+	for _, ep := range st.eps {
+		s.Endpoints = append(s.Endpoints, EndpointStats{
+			SandboxID:    ep.id,
+			Address:      ep.addr,
+			WorkerID:     ep.worker,
+			CreateMicros: ep.createMicros,
+			InFlight:     int(ep.inflight.Load()),
+		})
+	}
+	return s
+}
+
+func (rt *router) functions() []FunctionStats {
+	var out []FunctionStats
+	rt.table.each(func(fn *function) { out = append(out, fn.stats()) })
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (rt *router) stats(name string) (FunctionStats, bool) {
+	fn := rt.table.lookup(name)
+	if fn == nil {
+		return FunctionStats{}, false
+	}
+	return fn.stats(), true
+}

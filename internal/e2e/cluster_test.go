@@ -1,0 +1,272 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/controlplane"
+	"github.com/batonfaas/baton/internal/dataplane"
+	"github.com/batonfaas/baton/internal/sandbox"
+	"github.com/batonfaas/baton/internal/sandbox/process"
+	"github.com/batonfaas/baton/internal/worker"
+)
+
+// needRoot skips a test that needs root (namespaces, cgroups), except under
+// CI=true where it must run.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root (process sandboxes use namespaces and cgroups), and CI=true forbids skipping it")
+	}
+	t.Skip("skipped: needs root for namespaces and cgroups (run as root, or CI=true to make this a failure)")
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// bin builds the test function, the examples and the baton binary once per
+// test run and returns the path of the named one.
+func bin(t *testing.T, name string) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "baton-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		for out, pkg := range map[string]string{
+			"fn": "./testdata/fn", "hello": "../../examples/hello", "workload": "../../examples/workload",
+			"baton": "../../cmd/baton",
+		} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, out), pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if b, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, name)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+type cluster struct {
+	cp      *controlplane.ControlPlane
+	cpc     pb.ControlPlaneClient
+	dp      *dataplane.DataPlane
+	dataDir string
+	workers []*worker.Worker
+	client  *http.Client
+	cancel  context.CancelFunc
+	done    sync.WaitGroup
+}
+
+type clusterOpts struct {
+	workers    int
+	queueLimit int
+	dataDir    string
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("BATON_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// startCluster runs a control plane, a data plane and process-runtime
+// workers in this process, on loopback ports of their own, with short
+// timers so the tests run fast.
+func startCluster(t *testing.T, o clusterOpts) *cluster {
+	t.Helper()
+	needRoot(t)
+	if o.workers == 0 {
+		o.workers = 1
+	}
+	if o.dataDir == "" {
+		o.dataDir = t.TempDir()
+	}
+	log := testLogger(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &cluster{cancel: cancel, dataDir: o.dataDir, client: &http.Client{Timeout: 30 * time.Second}}
+	var err error
+	c.cp, err = controlplane.New(controlplane.Config{
+		Listen: "127.0.0.1:0", DataDir: o.dataDir, HeartbeatInterval: 200 * time.Millisecond,
+		HeartbeatTimeout: time.Second, AutoscaleInterval: 200 * time.Millisecond, IdleDrain: 200 * time.Millisecond,
+		Logger: log.With("c", "cp"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.goRun(func() { c.cp.Run(ctx) })
+	c.dp, err = dataplane.New(dataplane.Config{
+		Listen: "127.0.0.1:0", ControlPlane: c.cp.Addr(), QueueLimit: o.queueLimit,
+		ReportInterval: 50 * time.Millisecond, Logger: log.With("c", "dp"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.goRun(func() { c.dp.Run(ctx) })
+	for i := range o.workers {
+		id := fmt.Sprintf("e2e-%d-%d", os.Getpid(), i)
+		w, err := worker.New(worker.Config{
+			ID: id, ControlPlane: c.cp.Addr(), Capacity: worker.Resources{CPUMillicores: 64000, MemoryMiB: 64 << 10},
+			Logger: log.With("c", "worker", "id", id),
+			NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+				return process.New(process.Config{CgroupParent: "baton-e2e/" + id, OnExit: onExit, Logger: log})
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.workers = append(c.workers, w)
+		c.goRun(func() { w.Run(ctx) })
+	}
+	conn, err := worker.Dial(c.cp.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.cpc = pb.NewControlPlaneClient(conn)
+	t.Cleanup(func() {
+		conn.Close()
+		c.stop()
+	})
+	// Ready when the control plane sees every worker and the data plane.
+	waitFor(t, 10*time.Second, "workers and data plane registered", func() bool {
+		st, err := c.cpc.GetStatus(context.Background(), &pb.GetStatusRequest{})
+		return err == nil && len(st.Workers) == o.workers && len(st.DataPlanes) == 1
+	})
+	return c
+}
+
+func (c *cluster) goRun(f func()) {
+	c.done.Add(1)
+	go func() { defer c.done.Done(); f() }()
+}
+
+func (c *cluster) stop() {
+	c.cancel()
+	c.done.Wait()
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (c *cluster) deploy(t *testing.T, spec *pb.FunctionSpec) {
+	t.Helper()
+	if _, err := c.cpc.DeployFunction(context.Background(), &pb.DeployFunctionRequest{Spec: spec}); err != nil {
+		t.Fatalf("deploy %s: %v", spec.Name, err)
+	}
+}
+
+func (c *cluster) function(t *testing.T, name string) *pb.Function {
+	t.Helper()
+	f, err := c.cpc.GetFunction(context.Background(), &pb.GetFunctionRequest{Name: name})
+	if err != nil {
+		t.Fatalf("get %s: %v", name, err)
+	}
+	return f
+}
+
+type answer struct {
+	status int
+	body   string
+	header http.Header
+}
+
+// invoke sends a request for fn by Host header (path "" means "/").
+func (c *cluster) invoke(t *testing.T, fn, path string) answer {
+	t.Helper()
+	if path == "" {
+		path = "/"
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+c.dp.Addr()+path, nil)
+	req.Host = fn
+	return c.do(t, req)
+}
+
+func (c *cluster) do(t *testing.T, req *http.Request) answer {
+	t.Helper()
+	resp, err := c.client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s (Host %s): %v", req.Method, req.URL, req.Host, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return answer{status: resp.StatusCode, body: string(b), header: resp.Header}
+}
+
+func (a answer) cold() string { return a.header.Get("X-Baton-Cold-Start") }
+
+func (a answer) want(t *testing.T, status int, bodyHas string) {
+	t.Helper()
+	if a.status != status || !strings.Contains(a.body, bodyHas) {
+		t.Fatalf("got %d %q, want %d with %q", a.status, a.body, status, bodyHas)
+	}
+}
+
+// sandboxProcs lists the live processes running the given executable.
+func sandboxProcs(t *testing.T, exe string) []string {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		if target, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && target == exe {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// cgroupsUnder lists the cgroup directories left under parent in every
+// mounted hierarchy.
+func cgroupsUnder(parent string) []string {
+	var out []string
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + parent)
+	if _, err := os.Stat("/sys/fs/cgroup/" + parent); err == nil {
+		roots = append(roots, "/sys/fs/cgroup/"+parent)
+	}
+	for _, r := range roots {
+		filepath.WalkDir(r, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() && p != r {
+				out = append(out, p)
+			}
+			return nil
+		})
+	}
+	return out
+}

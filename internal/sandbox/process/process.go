@@ -1,0 +1,606 @@
+// Package process is Baton's default sandbox runtime. It runs a function's
+// executable as a child process in new PID, mount, UTS and IPC namespaces
+// (sharing the host's network: the function binds its own port on Host), in
+// a cgroup limited to the sandbox's cpu and memory request. It needs root and
+// no daemon.
+//
+// A sandbox starts as a re-execution of the current binary under the argv[0]
+// "baton-sandbox-init" (see init.go): that small init waits until the
+// runtime has placed it in its cgroups, mounts a fresh /proc, sets the
+// hostname to the sandbox id and execs the function, which then is PID 1 of
+// its namespace. Killing it kills the whole tree. The package does this from
+// a Go init function, so any binary importing it can run sandboxes.
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/batonfaas/baton/internal/sandbox"
+)
+
+// Config configures a Runtime. The zero value (plus root) works.
+type Config struct {
+	// Host is the IP the functions bind and are reached on; default 127.0.0.1.
+	Host string
+	// PortMin and PortMax bound the ports handed to sandboxes; default 30000-39999.
+	PortMin, PortMax int
+	// CgroupParent is the cgroup path below each controller's root where the
+	// sandboxes' groups go; default "baton". A worker passes "baton/<worker-id>".
+	CgroupParent string
+	// ReadyTimeout bounds the wait for a new sandbox to answer; default 30s.
+	ReadyTimeout time.Duration
+	// ImageMap maps image references to executables, for specs that name an
+	// Image and no Binary.
+	ImageMap map[string]string
+	// OnExit is told about sandboxes that stop without Delete.
+	OnExit sandbox.ExitFunc
+	// Logger receives the runtime's logs and, at debug level, the sandboxes'
+	// output lines; nil discards.
+	Logger *slog.Logger
+}
+
+// Defaults for Config.
+const (
+	DefaultHost         = "127.0.0.1"
+	DefaultPortMin      = 30000
+	DefaultPortMax      = 39999
+	DefaultCgroupParent = "baton"
+	DefaultReadyTimeout = 30 * time.Second
+)
+
+// defaultPath is the PATH of a function unless its spec sets one.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// cloneFlags are the namespaces a sandbox gets. Not CLONE_NEWNET: it serves
+// on the host's network.
+const cloneFlags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
+
+// Runtime is the process runtime. It is safe for concurrent use.
+type Runtime struct {
+	cfg    Config
+	log    *slog.Logger
+	cg     *cgroupSet
+	ports  *ports
+	onExit sandbox.ExitFunc
+
+	mu     sync.Mutex
+	boxes  map[string]*box
+	closed bool
+
+	wg sync.WaitGroup // every goroutine the runtime starts
+}
+
+var _ sandbox.Runtime = (*Runtime)(nil)
+
+// state is where a box is in its life; guarded by Runtime.mu.
+type state int
+
+const (
+	creating state = iota // Create is running; it cleans up on failure
+	running               // ready; Delete or the exit watcher may claim it
+	stopping              // claimed by Delete or the exit watcher, which release it
+)
+
+// box is one sandbox and everything it holds.
+type box struct {
+	sb   sandbox.Sandbox
+	port int
+	cg   *cgroup
+	proc *os.Process
+	out  ring
+
+	state  state              // guarded by Runtime.mu
+	cancel context.CancelFunc // cancels a Create in progress
+
+	created chan struct{} // closed when Create has finished, either way
+	exited  chan struct{} // closed when the process has been reaped
+	outDone chan struct{} // closed when its output is drained
+	gone    chan struct{} // closed when everything is released
+
+	exitState *os.ProcessState // set before exited is closed
+	waitErr   error
+}
+
+// New checks the host (root, cgroups), removes the empty cgroups a previous
+// run left below CgroupParent and returns a runtime.
+func New(cfg Config) (*Runtime, error) {
+	if uid := os.Geteuid(); uid != 0 {
+		return nil, fmt.Errorf("process runtime: needs root to create namespaces and cgroups (running as uid %d); run as root or use the fake runtime", uid)
+	}
+	if cfg.Host == "" {
+		cfg.Host = DefaultHost
+	}
+	if net.ParseIP(cfg.Host) == nil {
+		return nil, fmt.Errorf("process runtime: host %q is not an IP address", cfg.Host)
+	}
+	if cfg.PortMin == 0 && cfg.PortMax == 0 {
+		cfg.PortMin, cfg.PortMax = DefaultPortMin, DefaultPortMax
+	}
+	if cfg.PortMin < 1 || cfg.PortMax > 65535 || cfg.PortMin > cfg.PortMax {
+		return nil, fmt.Errorf("process runtime: bad port range %d-%d", cfg.PortMin, cfg.PortMax)
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = DefaultCgroupParent
+	}
+	parent := filepath.Clean(cfg.CgroupParent)
+	if filepath.IsAbs(parent) || parent == "." || parent == ".." || strings.HasPrefix(parent, "../") {
+		return nil, fmt.Errorf("process runtime: cgroup parent %q must be a relative path below the cgroup roots", cfg.CgroupParent)
+	}
+	cfg.CgroupParent = parent
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = DefaultReadyTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cg, err := detectCgroups(cgroupMount, parent)
+	if err != nil {
+		return nil, fmt.Errorf("process runtime: %w", err)
+	}
+	cg.removeLeftovers(log)
+	if err := cg.ensureParent(); err != nil {
+		return nil, fmt.Errorf("process runtime: %w", err)
+	}
+	onExit := cfg.OnExit
+	if onExit == nil {
+		onExit = func(sandbox.Exit) {}
+	}
+	log.Debug("process runtime ready", "cgroup_v2", cg.v2, "cgroup_parent", parent,
+		"host", cfg.Host, "ports", fmt.Sprintf("%d-%d", cfg.PortMin, cfg.PortMax))
+	return &Runtime{
+		cfg:    cfg,
+		log:    log,
+		cg:     cg,
+		ports:  newPorts(cfg.Host, cfg.PortMin, cfg.PortMax),
+		onExit: onExit,
+		boxes:  map[string]*box{},
+	}, nil
+}
+
+// Name returns "process".
+func (r *Runtime) Name() string { return "process" }
+
+// Create starts the sandbox and returns once its port accepts connections.
+func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	sb, err := r.create(ctx, spec)
+	if err != nil {
+		return sandbox.Sandbox{}, fmt.Errorf("create sandbox %s: %w", spec.ID, err)
+	}
+	return sb, nil
+}
+
+func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, err error) {
+	binary, err := r.resolve(spec)
+	if err != nil {
+		return sandbox.Sandbox{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return sandbox.Sandbox{}, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	b := &box{
+		sb: sandbox.Sandbox{
+			ID:            spec.ID,
+			Function:      spec.Function,
+			Generation:    spec.Generation,
+			CPUMillicores: spec.CPUMillicores,
+			MemoryMiB:     spec.MemoryMiB,
+		},
+		cancel:  cancel,
+		created: make(chan struct{}),
+		exited:  make(chan struct{}),
+		outDone: make(chan struct{}),
+		gone:    make(chan struct{}),
+	}
+	r.mu.Lock()
+	switch {
+	case r.closed:
+		r.mu.Unlock()
+		return sandbox.Sandbox{}, errors.New("runtime is closed")
+	case r.boxes[spec.ID] != nil:
+		r.mu.Unlock()
+		return sandbox.Sandbox{}, sandbox.ErrExists
+	}
+	r.boxes[spec.ID] = b
+	r.mu.Unlock()
+	defer close(b.created)
+	defer func() {
+		if err != nil {
+			r.abort(b)
+		}
+	}()
+
+	b.port, err = r.ports.get()
+	if err != nil {
+		return sandbox.Sandbox{}, err
+	}
+	b.sb.Address = net.JoinHostPort(r.cfg.Host, strconv.Itoa(b.port))
+	t0 := time.Now()
+	syncW, err := r.start(b, binary, spec)
+	t1 := time.Now()
+	if err != nil {
+		return sandbox.Sandbox{}, err
+	}
+	// The child's Go runtime starts while its cgroups are made; it waits
+	// for the byte on syncW before it execs the function.
+	b.cg, err = r.cg.create(spec.ID, spec.CPUMillicores, spec.MemoryMiB)
+	if err == nil {
+		err = b.cg.join(b.proc.Pid)
+	}
+	if err == nil {
+		_, err = syncW.Write([]byte{1})
+		if err != nil {
+			err = fmt.Errorf("release sandbox init: %w", err)
+		}
+	}
+	_ = syncW.Close()
+	if err != nil {
+		return sandbox.Sandbox{}, err
+	}
+	t2 := time.Now()
+	if err := r.waitReady(ctx, b); err != nil {
+		return sandbox.Sandbox{}, err
+	}
+	if os.Getenv("BATON_TIMING") != "" {
+		fmt.Fprintf(os.Stderr, "start %v cg %v ready %v\n", t1.Sub(t0), t2.Sub(t1), time.Since(t2))
+	}
+	b.sb.Started = time.Now()
+	r.mu.Lock()
+	select {
+	case <-b.exited: // between the answer and now; watch left it to us
+		r.mu.Unlock()
+		return sandbox.Sandbox{}, fmt.Errorf("%w: exited right after answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, exitReason(b))
+	default:
+	}
+	b.state = running
+	r.mu.Unlock()
+	r.log.Debug("sandbox ready", "sandbox", spec.ID, "function", spec.Function, "address", b.sb.Address, "pid", b.proc.Pid)
+	return b.sb, nil
+}
+
+// resolve validates spec and returns the executable to run.
+func (r *Runtime) resolve(spec sandbox.Spec) (string, error) {
+	id := spec.ID
+	switch {
+	case id == "":
+		return "", fmt.Errorf("%w: empty sandbox id", sandbox.ErrInvalid)
+	case len(id) > 200 || id == "." || id == ".." || strings.ContainsAny(id, "/\x00"):
+		return "", fmt.Errorf("%w: sandbox id %q cannot name a cgroup (at most 200 bytes, no '/')", sandbox.ErrInvalid, id)
+	case spec.CPUMillicores < 0 || spec.MemoryMiB < 0:
+		return "", fmt.Errorf("%w: negative resource request (cpu %d millicores, memory %d MiB)", sandbox.ErrInvalid, spec.CPUMillicores, spec.MemoryMiB)
+	}
+	binary := spec.Binary
+	if binary == "" {
+		if spec.Image == "" {
+			return "", fmt.Errorf("%w: the spec names neither a binary nor an image", sandbox.ErrInvalid)
+		}
+		var ok bool
+		if binary, ok = r.cfg.ImageMap[spec.Image]; !ok {
+			return "", fmt.Errorf("%w: image %q has no executable mapped; the process runtime runs executables: map the image with --image-map %s=/path/to/executable, or deploy with --binary", sandbox.ErrInvalid, spec.Image, spec.Image)
+		}
+	}
+	if !filepath.IsAbs(binary) {
+		return "", fmt.Errorf("%w: binary %q is not an absolute path", sandbox.ErrInvalid, binary)
+	}
+	st, err := os.Stat(binary)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("%w: binary %s: %v", sandbox.ErrInvalid, binary, err)
+	case !st.Mode().IsRegular():
+		return "", fmt.Errorf("%w: binary %s is not a regular file", sandbox.ErrInvalid, binary)
+	case st.Mode().Perm()&0o111 == 0:
+		return "", fmt.Errorf("%w: binary %s is not executable (mode %v)", sandbox.ErrInvalid, binary, st.Mode().Perm())
+	}
+	return binary, nil
+}
+
+// start launches the sandbox init and the goroutines that drain its output
+// and wait for it. It returns the pipe on which the init waits.
+func (r *Runtime) start(b *box, binary string, spec sandbox.Spec) (*os.File, error) {
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("output pipe: %w", err)
+	}
+	syncR, syncW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, fmt.Errorf("sync pipe: %w", err)
+	}
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		syncR.Close()
+		syncW.Close()
+		return nil, err
+	}
+	hostname := spec.ID
+	if len(hostname) > 64 { // HOST_NAME_MAX
+		hostname = hostname[:64]
+	}
+	argv := append([]string{initArg0, hostname, binary}, spec.Args...)
+	ts := time.Now()
+	defer func() {
+		if os.Getenv("BATON_TIMING") != "" {
+			fmt.Fprintf(os.Stderr, "startprocess %v\n", time.Since(ts))
+		}
+	}()
+	proc, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{
+		Dir:   filepath.Dir(binary),
+		Env:   env(spec.Env, b.port),
+		Files: []*os.File{devNull, outW, outW, syncR}, // syncR becomes syncFD
+		Sys: &syscall.SysProcAttr{
+			Cloneflags: cloneFlags,
+			Pdeathsig:  syscall.SIGKILL,
+			Setpgid:    true,
+		},
+	})
+	devNull.Close()
+	outW.Close()
+	syncR.Close()
+	if err != nil {
+		outR.Close()
+		syncW.Close()
+		return nil, fmt.Errorf("start sandbox init: %w", err)
+	}
+	b.proc = proc
+	r.wg.Add(2)
+	go func() {
+		defer r.wg.Done()
+		defer close(b.outDone)
+		readOutput(outR, &b.out, r.log, spec.ID)
+	}()
+	go func() {
+		defer r.wg.Done()
+		r.watch(b)
+	}()
+	return syncW, nil
+}
+
+// env is the function's environment: its spec's, a PATH unless the spec
+// sets one, and PORT.
+func env(spec map[string]string, port int) []string {
+	out := make([]string, 0, len(spec)+2)
+	for k, v := range spec {
+		if k != "PORT" {
+			out = append(out, k+"="+v)
+		}
+	}
+	if _, ok := spec["PATH"]; !ok {
+		out = append(out, "PATH="+defaultPath)
+	}
+	out = append(out, "PORT="+strconv.Itoa(port))
+	slices.Sort(out)
+	return out
+}
+
+// waitReady polls the sandbox's port until it accepts a connection, the
+// process exits, ctx ends or the ready timeout passes.
+func (r *Runtime) waitReady(ctx context.Context, b *box) error {
+	deadline := time.Now().Add(r.cfg.ReadyTimeout)
+	dialer := net.Dialer{Timeout: time.Second}
+	wait := 500 * time.Microsecond
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		conn, err := dialer.DialContext(ctx, "tcp", b.sb.Address)
+		if err == nil {
+			_ = conn.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+		}
+		timer.Reset(wait)
+		select {
+		case <-b.exited:
+			return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, exitReason(b))
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w", b.sb.Address, ctx.Err())
+		case <-timer.C:
+		}
+		wait = min(wait*5/4, time.Millisecond)
+	}
+}
+
+// reasonBytes is how much output an error reason quotes.
+const reasonBytes = 2 << 10
+
+// exitReason says how the (exited) sandbox ended, with its last output.
+func exitReason(b *box) string {
+	select {
+	case <-b.outDone:
+	case <-time.After(500 * time.Millisecond): // a writer outlived the init?
+	}
+	var reason string
+	switch {
+	case b.exitState != nil:
+		reason = b.exitState.String()
+	case b.waitErr != nil:
+		reason = b.waitErr.Error()
+	default:
+		reason = "exited"
+	}
+	if out := strings.TrimSpace(string(b.out.tail(reasonBytes))); out != "" {
+		reason += ": " + out
+	}
+	return reason
+}
+
+// outputSuffix quotes the running sandbox's last output for an error.
+func outputSuffix(b *box) string {
+	if out := strings.TrimSpace(string(b.out.tail(reasonBytes))); out != "" {
+		return "; its output ends with: " + out
+	}
+	return ""
+}
+
+// watch reaps the sandbox's process and, if it was running and nobody was
+// deleting it, releases it and reports the exit.
+func (r *Runtime) watch(b *box) {
+	b.exitState, b.waitErr = b.proc.Wait()
+	close(b.exited)
+	r.mu.Lock()
+	crashed := b.state == running
+	if crashed {
+		b.state = stopping
+	}
+	r.mu.Unlock()
+	if !crashed {
+		return // Create or Delete owns the cleanup
+	}
+	reason := exitReason(b)
+	r.log.Warn("sandbox exited", "sandbox", b.sb.ID, "function", b.sb.Function, "reason", reason)
+	r.release(b)
+	r.onExit(sandbox.Exit{ID: b.sb.ID, Reason: reason})
+}
+
+// abort undoes a failed Create: it stops the init (closing the sync pipe
+// has already told it to give up), waits for it and releases the rest.
+func (r *Runtime) abort(b *box) {
+	if b.proc != nil {
+		_ = b.proc.Kill()
+		<-b.exited
+	}
+	r.release(b)
+}
+
+// release frees what the box holds once its process is gone, and forgets it.
+func (r *Runtime) release(b *box) {
+	if b.proc != nil {
+		select {
+		case <-b.outDone:
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	if b.cg != nil {
+		if err := b.cg.remove(); err != nil {
+			r.log.Warn("sandbox cgroup left behind", "sandbox", b.sb.ID, "err", err)
+		}
+	}
+	if b.port != 0 {
+		release(b.port)
+	}
+	r.mu.Lock()
+	if r.boxes[b.sb.ID] == b {
+		delete(r.boxes, b.sb.ID)
+	}
+	r.mu.Unlock()
+	close(b.gone)
+}
+
+// Delete kills the sandbox's process tree and frees its cgroups and port.
+// A Create in progress for id is cancelled.
+func (r *Runtime) Delete(ctx context.Context, id string) error {
+	for {
+		r.mu.Lock()
+		b := r.boxes[id]
+		if b == nil {
+			r.mu.Unlock()
+			return nil
+		}
+		switch b.state {
+		case creating:
+			r.mu.Unlock()
+			b.cancel()
+			select {
+			case <-b.created:
+				continue // gone, or running: look again
+			case <-ctx.Done():
+				return fmt.Errorf("delete sandbox %s: %w", id, ctx.Err())
+			}
+		case stopping:
+			r.mu.Unlock()
+			select {
+			case <-b.gone:
+				return nil
+			case <-ctx.Done():
+				return fmt.Errorf("delete sandbox %s: %w", id, ctx.Err())
+			}
+		}
+		b.state = stopping
+		r.mu.Unlock()
+		return r.stop(ctx, b)
+	}
+}
+
+// stop kills a claimed running box and releases it.
+func (r *Runtime) stop(ctx context.Context, b *box) error {
+	// SIGKILL to the PID namespace's init: the kernel kills everything else
+	// in the namespace, and the init is reaped only once they are gone.
+	if err := b.proc.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		r.log.Warn("kill sandbox", "sandbox", b.sb.ID, "err", err)
+	}
+	select {
+	case <-b.exited:
+	case <-ctx.Done():
+		r.wg.Add(1)
+		go func() { // finish once the kill lands
+			defer r.wg.Done()
+			<-b.exited
+			r.release(b)
+		}()
+		return fmt.Errorf("delete sandbox %s: %w", b.sb.ID, ctx.Err())
+	}
+	r.release(b)
+	r.log.Debug("sandbox deleted", "sandbox", b.sb.ID)
+	return nil
+}
+
+// List returns the running sandboxes, ordered by id.
+func (r *Runtime) List(ctx context.Context) ([]sandbox.Sandbox, error) {
+	r.mu.Lock()
+	out := make([]sandbox.Sandbox, 0, len(r.boxes))
+	for _, b := range r.boxes {
+		if b.state == running {
+			out = append(out, b.sb)
+		}
+	}
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b sandbox.Sandbox) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// Close deletes every sandbox, waits for the runtime's goroutines and
+// removes the cgroup parent if it is empty. Later Creates fail; a second
+// Close returns nil.
+func (r *Runtime) Close(ctx context.Context) error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	ids := make([]string, 0, len(r.boxes))
+	for id := range r.boxes {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() { errs[i] = r.Delete(ctx, id) })
+	}
+	wg.Wait()
+	r.wg.Wait()
+	r.cg.removeParent()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close process runtime: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,464 @@
+// Package worker is Baton's node agent. It opens a session to the control
+// plane, heartbeats with its capacity and use, creates and deletes sandboxes
+// through a sandbox.Runtime on command (at most MaxCreations at once, the rest
+// queued), and reports sandboxes that become ready, fail or exit.
+//
+// Every command is idempotent: a CreateSandbox for an id the worker already
+// has re-reports it; a DeleteSandbox for an id it does not have reports it
+// deleted. After a reconnect the worker's hello lists what it runs, and the
+// control plane reconciles.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/sandbox"
+)
+
+// Config configures a worker.
+type Config struct {
+	ID           string // default: the hostname
+	Hostname     string // default: os.Hostname
+	ControlPlane string // gRPC address; default 127.0.0.1:9090
+	// Conn, when set, is used instead of dialling ControlPlane (emulated
+	// workers in one process share one connection).
+	Conn *grpc.ClientConn
+	// NewRuntime builds the runtime; the worker passes the function through
+	// which the runtime reports exits.
+	NewRuntime   func(onExit sandbox.ExitFunc) (sandbox.Runtime, error)
+	Capacity     Resources
+	MaxCreations int           // concurrent creations; default 16
+	StopTimeout  time.Duration // to delete all sandboxes at shutdown; default 10s
+	Logger       *slog.Logger
+}
+
+// Resources is a capacity: millicores, MiB, and a sandbox count (0: none).
+type Resources struct {
+	CPUMillicores int64
+	MemoryMiB     int64
+	Sandboxes     int32
+}
+
+// Worker is one node agent.
+type Worker struct {
+	cfg  Config
+	log  *slog.Logger
+	rt   sandbox.Runtime
+	conn *grpc.ClientConn
+	own  bool // conn is ours to close
+	sem  chan struct{}
+
+	mu        sync.Mutex
+	sandboxes map[string]*entry
+	session   *session
+	lastEpoch uint64
+	queued    int
+	creating  int
+
+	wg sync.WaitGroup
+}
+
+type entry struct {
+	spec   sandbox.Spec
+	sb     sandbox.Sandbox
+	ready  bool
+	cancel context.CancelFunc
+}
+
+// New builds the worker and its runtime; it does not connect yet.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Hostname == "" {
+		cfg.Hostname, _ = os.Hostname()
+	}
+	if cfg.ID == "" {
+		cfg.ID = cfg.Hostname
+	}
+	if cfg.ControlPlane == "" {
+		cfg.ControlPlane = "127.0.0.1:9090"
+	}
+	if cfg.MaxCreations <= 0 {
+		cfg.MaxCreations = 16
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.NewRuntime == nil {
+		return nil, errors.New("worker: no runtime")
+	}
+	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), sandboxes: make(map[string]*entry),
+		sem: make(chan struct{}, cfg.MaxCreations)}
+	rt, err := cfg.NewRuntime(w.onExit)
+	if err != nil {
+		return nil, fmt.Errorf("worker %s: runtime: %w", cfg.ID, err)
+	}
+	w.rt = rt
+	w.conn = cfg.Conn
+	if w.conn == nil {
+		w.conn, err = Dial(cfg.ControlPlane)
+		if err != nil {
+			rt.Close(context.Background())
+			return nil, fmt.Errorf("worker %s: %w", cfg.ID, err)
+		}
+		w.own = true
+	}
+	return w, nil
+}
+
+// Dial opens a gRPC connection to the control plane at addr.
+func Dial(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+	)
+}
+
+// Runtime is the worker's sandbox runtime.
+func (w *Worker) Runtime() sandbox.Runtime { return w.rt }
+
+// Run keeps a session to the control plane open until ctx is done, then
+// deletes every sandbox and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := w.runSession(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		w.log.Warn("control-plane session ended; reconnecting", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+	w.wg.Wait()
+	stopCtx, cancel := context.WithTimeout(context.Background(), w.cfg.StopTimeout)
+	defer cancel()
+	err := w.rt.Close(stopCtx)
+	if w.own {
+		w.conn.Close()
+	}
+	w.log.Info("worker stopped")
+	return err
+}
+
+type session struct {
+	epoch  uint64
+	mu     sync.Mutex
+	queue  []*pb.WorkerMessage
+	wake   chan struct{}
+	closed bool
+}
+
+func (s *session) send(m *pb.WorkerMessage) {
+	s.mu.Lock()
+	if !s.closed {
+		s.queue = append(s.queue, m)
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Worker) runSession(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := pb.NewControlPlaneClient(w.conn).WorkerSession(ctx)
+	if err != nil {
+		return err
+	}
+	list, err := w.rt.List(ctx)
+	if err != nil {
+		return fmt.Errorf("list sandboxes: %w", err)
+	}
+	w.mu.Lock()
+	hello := &pb.WorkerHello{WorkerId: w.cfg.ID, Hostname: w.cfg.Hostname, Runtime: w.rt.Name(),
+		Capacity: w.capacity(), LastEpoch: w.lastEpoch}
+	for _, sb := range list {
+		hello.Sandboxes = append(hello.Sandboxes, info(sb))
+	}
+	w.mu.Unlock()
+	if err := stream.Send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Hello{Hello: hello}}); err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	acc := first.GetAccepted()
+	if acc == nil {
+		return errors.New("control plane did not accept the session")
+	}
+	s := &session{epoch: acc.Epoch, wake: make(chan struct{}, 1)}
+	w.mu.Lock()
+	w.session, w.lastEpoch = s, acc.Epoch
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		if w.session == s {
+			w.session = nil
+		}
+		s.closed = true
+		w.mu.Unlock()
+	}()
+	w.log.Info("connected to control plane", "addr", w.cfg.ControlPlane, "epoch", acc.Epoch, "sandboxes", len(list))
+
+	errc := make(chan error, 3)
+	go func() { errc <- w.sender(ctx, stream, s) }()
+	go func() { errc <- w.heartbeats(ctx, s, time.Duration(acc.HeartbeatIntervalMs)*time.Millisecond) }()
+	go func() {
+		for {
+			cmd, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			if cmd.Epoch < s.epoch {
+				continue // from an older session or a deposed leader
+			}
+			w.handle(ctx, s, cmd)
+		}
+	}()
+	err = <-errc
+	if errors.Is(err, io.EOF) {
+		err = errors.New("control plane closed the session")
+	}
+	return err
+}
+
+func (w *Worker) sender(ctx context.Context, stream pb.ControlPlane_WorkerSessionClient, s *session) error {
+	for {
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		s.mu.Lock()
+		q := s.queue
+		s.queue = nil
+		s.mu.Unlock()
+		for _, m := range q {
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (w *Worker) heartbeats(ctx context.Context, s *session, every time.Duration) error {
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		w.mu.Lock()
+		hb := &pb.WorkerHeartbeat{Epoch: s.epoch, Used: w.used(), Creating: int32(w.creating), Queued: int32(w.queued)}
+		w.mu.Unlock()
+		s.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Heartbeat{Heartbeat: hb}})
+	}
+}
+
+// capacity and used: w.mu held.
+func (w *Worker) capacity() *pb.Resources {
+	c := w.cfg.Capacity
+	return &pb.Resources{CpuMillicores: c.CPUMillicores, MemoryMib: c.MemoryMiB, Sandboxes: c.Sandboxes}
+}
+
+func (w *Worker) used() *pb.Resources {
+	u := &pb.Resources{}
+	for _, e := range w.sandboxes {
+		u.CpuMillicores += e.spec.CPUMillicores
+		u.MemoryMib += e.spec.MemoryMiB
+		u.Sandboxes++
+	}
+	return u
+}
+
+func (w *Worker) handle(ctx context.Context, s *session, cmd *pb.WorkerCommand) {
+	switch c := cmd.Cmd.(type) {
+	case *pb.WorkerCommand_Create:
+		w.create(s, c.Create)
+	case *pb.WorkerCommand_Delete:
+		w.delete(s, c.Delete.SandboxId)
+	}
+}
+
+func (w *Worker) event(s *session, kind pb.SandboxEvent_Kind, in *pb.SandboxInfo, reason string, micros int64) {
+	s.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+		Epoch: s.epoch, Kind: kind, Sandbox: in, Reason: reason, CreateMicros: micros,
+	}}})
+}
+
+// current returns the open session, or nil. Events for a closed session are
+// dropped: the next hello carries the truth.
+func (w *Worker) current() *session {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.session
+}
+
+func (w *Worker) create(s *session, c *pb.CreateSandbox) {
+	spec := specFrom(c)
+	w.mu.Lock()
+	if e, ok := w.sandboxes[spec.ID]; ok {
+		ready, sb := e.ready, e.sb
+		w.mu.Unlock()
+		if ready { // a duplicate command: say again what we have
+			w.event(s, pb.SandboxEvent_KIND_READY, info(sb), "", 0)
+		}
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w.sandboxes[spec.ID] = &entry{spec: spec, cancel: cancel}
+	w.queued++
+	w.wg.Add(1)
+	w.mu.Unlock()
+
+	go func() {
+		defer w.wg.Done()
+		defer cancel()
+		acquired := false
+		select { // the cap on concurrent creations; the rest wait here
+		case w.sem <- struct{}{}:
+			acquired = true
+		case <-ctx.Done():
+		}
+		w.mu.Lock()
+		w.queued--
+		w.creating++
+		w.mu.Unlock()
+		var (
+			sb  sandbox.Sandbox
+			err error
+		)
+		start := time.Now()
+		if acquired && ctx.Err() == nil {
+			sb, err = w.rt.Create(ctx, spec)
+		} else {
+			err = ctx.Err()
+		}
+		if acquired {
+			<-w.sem
+		}
+		micros := time.Since(start).Microseconds()
+		w.mu.Lock()
+		w.creating--
+		e := w.sandboxes[spec.ID]
+		cancelled := ctx.Err() != nil
+		if err != nil || cancelled {
+			delete(w.sandboxes, spec.ID)
+		} else {
+			e.sb, e.ready = sb, true
+		}
+		w.mu.Unlock()
+		cur := w.current()
+		switch {
+		case err == nil && cancelled: // deleted while being created
+			w.rt.Delete(context.Background(), spec.ID)
+			if cur != nil {
+				w.event(cur, pb.SandboxEvent_KIND_DELETED, infoSpec(spec), "deleted while being created", 0)
+			}
+		case err != nil:
+			kind, reason := pb.SandboxEvent_KIND_FAILED, err.Error()
+			if cancelled {
+				kind, reason = pb.SandboxEvent_KIND_DELETED, "deleted while being created"
+			} else {
+				w.log.Warn("sandbox creation failed", "sandbox", spec.ID, "function", spec.Function, "err", err)
+			}
+			if cur != nil {
+				w.event(cur, kind, infoSpec(spec), reason, micros)
+			}
+		default:
+			if cur != nil {
+				w.event(cur, pb.SandboxEvent_KIND_READY, info(sb), "", micros)
+			}
+		}
+	}()
+}
+
+func (w *Worker) delete(s *session, id string) {
+	w.mu.Lock()
+	e, ok := w.sandboxes[id]
+	if ok && !e.ready {
+		w.mu.Unlock()
+		e.cancel() // the creating goroutine cleans up and reports
+		return
+	}
+	delete(w.sandboxes, id)
+	w.wg.Add(1)
+	w.mu.Unlock()
+	go func() {
+		defer w.wg.Done()
+		in := &pb.SandboxInfo{SandboxId: id}
+		if ok {
+			in = info(e.sb)
+			if err := w.rt.Delete(context.Background(), id); err != nil {
+				w.log.Warn("delete sandbox", "sandbox", id, "err", err)
+			}
+		}
+		w.event(s, pb.SandboxEvent_KIND_DELETED, in, "", 0)
+	}()
+}
+
+// onExit is the runtime's report of a sandbox that stopped on its own.
+func (w *Worker) onExit(x sandbox.Exit) {
+	w.mu.Lock()
+	e, ok := w.sandboxes[x.ID]
+	if ok && e.ready {
+		delete(w.sandboxes, x.ID)
+	}
+	s := w.session
+	w.mu.Unlock()
+	if !ok || !e.ready {
+		return
+	}
+	w.log.Warn("sandbox exited", "sandbox", x.ID, "function", e.spec.Function, "reason", x.Reason)
+	if s != nil {
+		w.event(s, pb.SandboxEvent_KIND_EXITED, info(e.sb), x.Reason, 0)
+	}
+}
+
+func specFrom(c *pb.CreateSandbox) sandbox.Spec {
+	s := c.GetSpec()
+	return sandbox.Spec{
+		ID: c.SandboxId, Function: s.GetName(), Generation: c.Generation, Binary: s.GetBinary(), Image: s.GetImage(),
+		Args: s.GetArgs(), Env: s.GetEnv(), CPUMillicores: s.GetCpuMillicores(), MemoryMiB: s.GetMemoryMib(),
+	}
+}
+
+func info(sb sandbox.Sandbox) *pb.SandboxInfo {
+	return &pb.SandboxInfo{SandboxId: sb.ID, Function: sb.Function, Generation: sb.Generation, Address: sb.Address,
+		CpuMillicores: sb.CPUMillicores, MemoryMib: sb.MemoryMiB}
+}
+
+func infoSpec(s sandbox.Spec) *pb.SandboxInfo {
+	return &pb.SandboxInfo{SandboxId: s.ID, Function: s.Function, Generation: s.Generation,
+		CpuMillicores: s.CPUMillicores, MemoryMib: s.MemoryMiB}
+}

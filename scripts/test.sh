@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine with Go and gcc:
+# installs what the tests need, builds, vets and runs every test (race
+# detector on the packages with concurrency of their own), then the
+# benchmarks once as a smoke check. .ci/run calls exactly this.
+#
+# Process sandboxes need root (namespaces, cgroups). Under CI=true a test
+# that would skip for want of root fails instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v gcc >/dev/null || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+echo "== go mod download"
+go mod download
+echo "== build"
+go build ./...
+echo "== vet"
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+
+echo "== unit tests (race detector)"
+go test -race -count=1 -timeout 10m $(go list ./... | grep -v /internal/e2e)
+echo "== end-to-end tests"
+go test -count=1 -timeout 15m -v ./internal/e2e/ 2>&1 | tee /tmp/baton-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
+tail -n 3 /tmp/baton-e2e.log
+grep -q '^ok' /tmp/baton-e2e.log
+echo "== benchmarks (one short pass, as a smoke check)"
+go test -run '^$' -bench . -benchtime 100x -benchmem ./internal/... | grep -E '^(Benchmark|ok|FAIL)' 
