@@ -1,0 +1,391 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/batonfaas/baton/api/controlplane/v1"
+)
+
+// These tests drive a real control plane over gRPC with hand-written fake
+// workers and a fake data plane, so that every message on the links can be
+// scripted and observed.
+
+func startCP(t *testing.T, dir string) (*ControlPlane, pb.ControlPlaneClient, func()) {
+	t.Helper()
+	cp, err := New(Config{Listen: "127.0.0.1:0", DataDir: dir, Placement: "least-loaded",
+		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 400 * time.Millisecond,
+		AutoscaleInterval: 100 * time.Millisecond, IdleDrain: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { cp.Run(ctx); close(done) }()
+	conn, err := grpc.NewClient(cp.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := func() { conn.Close(); cancel(); <-done }
+	return cp, pb.NewControlPlaneClient(conn), stop
+}
+
+// fakeWorker answers every CreateSandbox with READY and every DeleteSandbox
+// with DELETED, and heartbeats while beating is true.
+type fakeWorker struct {
+	t      *testing.T
+	id     string
+	cancel context.CancelFunc
+	stream pb.ControlPlane_WorkerSessionClient
+	epoch  uint64
+
+	mu       sync.Mutex
+	running  map[string]*pb.SandboxInfo
+	deleted  []string
+	creates  int
+	beating  bool
+	sendMu   sync.Mutex
+	finished chan struct{}
+}
+
+func connectWorker(t *testing.T, c pb.ControlPlaneClient, id string, existing ...*pb.SandboxInfo) *fakeWorker {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := c.WorkerSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &fakeWorker{t: t, id: id, cancel: cancel, stream: s, running: map[string]*pb.SandboxInfo{}, beating: true,
+		finished: make(chan struct{})}
+	for _, e := range existing {
+		w.running[e.SandboxId] = e
+	}
+	hello := &pb.WorkerHello{WorkerId: id, Runtime: "fake", Sandboxes: existing,
+		Capacity: &pb.Resources{CpuMillicores: 100000, MemoryMib: 100000}}
+	if err := s.Send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Hello{Hello: hello}}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.Recv()
+	if err != nil || first.GetAccepted() == nil {
+		t.Fatalf("no SessionAccepted: %v %v", first, err)
+	}
+	w.epoch = first.GetAccepted().Epoch
+	go w.serve()
+	go w.heartbeat(ctx)
+	t.Cleanup(w.close)
+	return w
+}
+
+func (w *fakeWorker) send(m *pb.WorkerMessage) {
+	w.sendMu.Lock()
+	defer w.sendMu.Unlock()
+	w.stream.Send(m)
+}
+
+func (w *fakeWorker) serve() {
+	defer close(w.finished)
+	for {
+		cmd, err := w.stream.Recv()
+		if err != nil {
+			return
+		}
+		if cmd.Epoch != w.epoch {
+			w.t.Errorf("worker %s: command with epoch %d in session %d", w.id, cmd.Epoch, w.epoch)
+		}
+		switch c := cmd.Cmd.(type) {
+		case *pb.WorkerCommand_Create:
+			info := &pb.SandboxInfo{SandboxId: c.Create.SandboxId, Function: c.Create.Spec.Name,
+				Generation: c.Create.Generation, Address: "127.0.0.1:1"}
+			w.mu.Lock()
+			w.running[info.SandboxId] = info
+			w.creates++
+			w.mu.Unlock()
+			w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+				Epoch: w.epoch, Kind: pb.SandboxEvent_KIND_READY, Sandbox: info, CreateMicros: 1000}}})
+		case *pb.WorkerCommand_Delete:
+			w.mu.Lock()
+			delete(w.running, c.Delete.SandboxId)
+			w.deleted = append(w.deleted, c.Delete.SandboxId)
+			w.mu.Unlock()
+			w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+				Epoch: w.epoch, Kind: pb.SandboxEvent_KIND_DELETED, Sandbox: &pb.SandboxInfo{SandboxId: c.Delete.SandboxId}}}})
+		}
+	}
+}
+
+func (w *fakeWorker) heartbeat(ctx context.Context) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		beat := w.beating
+		w.mu.Unlock()
+		if beat {
+			w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Heartbeat{Heartbeat: &pb.WorkerHeartbeat{Epoch: w.epoch}}})
+		}
+	}
+}
+
+func (w *fakeWorker) setBeating(b bool) { w.mu.Lock(); w.beating = b; w.mu.Unlock() }
+func (w *fakeWorker) close()            { w.cancel() }
+func (w *fakeWorker) sandboxes() []*pb.SandboxInfo {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []*pb.SandboxInfo
+	for _, s := range w.running {
+		out = append(out, s)
+	}
+	return out
+}
+func (w *fakeWorker) deletedIDs() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.deleted...)
+}
+
+// fakeDataPlane records the routes it is pushed.
+type fakeDataPlane struct {
+	t      *testing.T
+	stream pb.ControlPlane_DataPlaneSessionClient
+	mu     sync.Mutex
+	epoch  uint64
+	routes map[string]*pb.FunctionRoute
+	msgs   int
+	cancel context.CancelFunc
+}
+
+func connectDataPlane(t *testing.T, c pb.ControlPlaneClient) *fakeDataPlane {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := c.DataPlaneSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &fakeDataPlane{t: t, stream: s, routes: map[string]*pb.FunctionRoute{}, cancel: cancel}
+	if err := s.Send(&pb.DataPlaneMessage{Msg: &pb.DataPlaneMessage_Hello{Hello: &pb.DataPlaneHello{
+		DataPlaneId: "dp-test", Address: "127.0.0.1:8080"}}}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.Recv()
+	if err != nil || !first.Full {
+		t.Fatalf("first route update is not a full snapshot: %v %v", first, err)
+	}
+	d.apply(first)
+	go func() {
+		for {
+			u, err := s.Recv()
+			if err != nil {
+				return
+			}
+			if u.Full || u.Epoch != d.epoch {
+				t.Errorf("incremental update with full=%v epoch %d (session %d)", u.Full, u.Epoch, d.epoch)
+			}
+			d.apply(u)
+		}
+	}()
+	t.Cleanup(cancel)
+	return d
+}
+
+func (d *fakeDataPlane) apply(u *pb.RouteUpdate) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.msgs++
+	if u.Full {
+		d.epoch = u.Epoch
+		clear(d.routes)
+	}
+	for _, r := range u.Functions {
+		if old := d.routes[r.Name]; old != nil && old.Version >= r.Version {
+			d.t.Errorf("route of %s: version %d after %d", r.Name, r.Version, old.Version)
+		}
+		d.routes[r.Name] = r
+	}
+}
+
+func (d *fakeDataPlane) endpoints(fn string) []*pb.Endpoint {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r := d.routes[fn]; r != nil && !r.Deleted {
+		return r.Endpoints
+	}
+	return nil
+}
+
+func (d *fakeDataPlane) scale(fn string, queued int32) {
+	d.stream.Send(&pb.DataPlaneMessage{Msg: &pb.DataPlaneMessage_Scale{Scale: &pb.ScaleRequest{
+		Epoch: d.epoch, Function: fn, Queued: queued}}})
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func deploy(t *testing.T, c pb.ControlPlaneClient, name string, minScale int32) {
+	t.Helper()
+	_, err := c.DeployFunction(context.Background(), &pb.DeployFunctionRequest{Spec: &pb.FunctionSpec{
+		Name: name, Binary: "/bin/true", Scaling: &pb.ScalingSpec{MinScale: minScale}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func workersOf(eps []*pb.Endpoint) map[string]int {
+	m := map[string]int{}
+	for _, e := range eps {
+		m[e.WorkerId]++
+	}
+	return m
+}
+
+// A worker that stops heartbeating is declared down within the timeout: its
+// sandboxes leave the data plane's table and are replaced on the other one.
+func TestWorkerDownReplacesSandboxes(t *testing.T) {
+	_, c, stop := startCP(t, t.TempDir())
+	defer stop()
+	dp := connectDataPlane(t, c)
+	a := connectWorker(t, c, "a")
+	b := connectWorker(t, c, "b")
+	deploy(t, c, "f", 4)
+	waitUntil(t, "4 endpoints over both workers", func() bool {
+		m := workersOf(dp.endpoints("f"))
+		return len(dp.endpoints("f")) == 4 && m["a"] == 2 && m["b"] == 2
+	})
+
+	a.setBeating(false)
+	start := time.Now()
+	waitUntil(t, "all 4 endpoints on b", func() bool {
+		m := workersOf(dp.endpoints("f"))
+		return m["a"] == 0 && m["b"] == 4
+	})
+	if el := time.Since(start); el > 400*time.Millisecond+500*time.Millisecond {
+		t.Fatalf("replacement took %s with a 400ms heartbeat timeout", el)
+	}
+	if n := len(b.sandboxes()); n != 4 {
+		t.Fatalf("worker b runs %d sandboxes, want 4", n)
+	}
+	st, _ := c.GetStatus(context.Background(), &pb.GetStatusRequest{})
+	for _, w := range st.Workers {
+		if w.WorkerId == "a" && w.Up {
+			t.Fatal("worker a still up in status")
+		}
+	}
+
+	// a comes back with its old sandboxes: nobody expects them any more, so
+	// they are stopped, and f keeps exactly its scale.
+	old := a.sandboxes()
+	a.close()
+	<-a.finished
+	a2 := connectWorker(t, c, "a", old...)
+	waitUntil(t, "a's stale sandboxes deleted", func() bool { return len(a2.deletedIDs()) == len(old) })
+	time.Sleep(300 * time.Millisecond)
+	if n := len(dp.endpoints("f")); n != 4 {
+		t.Fatalf("f has %d endpoints after a returned, want 4", n)
+	}
+}
+
+// A new control plane (a restart) adopts what workers run: their sandboxes
+// are in the data plane's table without any creation.
+func TestRestartAdoptsSandboxes(t *testing.T) {
+	dir := t.TempDir()
+	cp, c, stop := startCP(t, dir)
+	deploy(t, c, "g", 2)
+	w := connectWorker(t, c, "w")
+	waitUntil(t, "2 sandboxes", func() bool { return len(w.sandboxes()) == 2 })
+	running := w.sandboxes()
+	w.close()
+	stop()
+	_ = cp
+
+	_, c, stop = startCP(t, dir)
+	defer stop()
+	dp := connectDataPlane(t, c)
+	w2 := connectWorker(t, c, "w", running...)
+	waitUntil(t, "adopted endpoints", func() bool { return len(dp.endpoints("g")) == 2 })
+	time.Sleep(300 * time.Millisecond)
+	w2.mu.Lock()
+	creates := w2.creates
+	w2.mu.Unlock()
+	if creates != 0 || len(w2.deletedIDs()) != 0 {
+		t.Fatalf("after restart: %d creations, %d deletions; want the 2 sandboxes adopted as they are", creates, len(w2.deletedIDs()))
+	}
+}
+
+// Scale from zero is decided on the ScaleRequest, and a burst of sandboxes
+// becoming ready reaches the data plane in few, coalesced messages; nothing
+// is written to the store.
+func TestScaleFromZeroCoalescedAndNotPersisted(t *testing.T) {
+	cp, c, stop := startCP(t, t.TempDir())
+	defer stop()
+	connectWorker(t, c, "w")
+	for i := range 50 {
+		deploy(t, c, fmt.Sprintf("h%d", i), 0)
+	}
+	writes := cp.StoreWrites()
+	dp := connectDataPlane(t, c)
+	dp.mu.Lock()
+	before := dp.msgs
+	dp.mu.Unlock()
+	for i := range 50 {
+		dp.scale(fmt.Sprintf("h%d", i), 3)
+	}
+	waitUntil(t, "3 endpoints for each of 50 functions", func() bool {
+		for i := range 50 {
+			if len(dp.endpoints(fmt.Sprintf("h%d", i))) != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	dp.mu.Lock()
+	msgs := dp.msgs - before
+	dp.mu.Unlock()
+	if msgs >= 150 {
+		t.Fatalf("150 sandboxes became ready in %d route messages: not coalesced", msgs)
+	}
+	if cp.StoreWrites() != writes {
+		t.Fatalf("store writes went from %d to %d while scaling", writes, cp.StoreWrites())
+	}
+	t.Logf("150 sandboxes, 50 functions: %d route messages", msgs)
+}
+
+// A duplicate READY (a retried message) and a stale-epoch event change nothing.
+func TestIdempotentAndStaleEvents(t *testing.T) {
+	_, c, stop := startCP(t, t.TempDir())
+	defer stop()
+	dp := connectDataPlane(t, c)
+	w := connectWorker(t, c, "w")
+	deploy(t, c, "k", 1)
+	waitUntil(t, "1 endpoint", func() bool { return len(dp.endpoints("k")) == 1 })
+	sb := w.sandboxes()[0]
+	w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+		Epoch: w.epoch, Kind: pb.SandboxEvent_KIND_READY, Sandbox: sb}}})
+	w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+		Epoch: w.epoch - 1, Kind: pb.SandboxEvent_KIND_EXITED, Sandbox: sb}}})
+	time.Sleep(200 * time.Millisecond)
+	if eps := dp.endpoints("k"); len(eps) != 1 || eps[0].SandboxId != sb.SandboxId {
+		t.Fatalf("endpoints after a duplicate and a stale event: %v", eps)
+	}
+	f, _ := c.GetFunction(context.Background(), &pb.GetFunctionRequest{Name: "k"})
+	if f.Status.Ready != 1 {
+		t.Fatalf("ready %d, want 1", f.Status.Ready)
+	}
+}
