@@ -241,10 +241,11 @@ func (cp *ControlPlane) afterFunc(d time.Duration, f func()) {
 	_ = t
 }
 
-// nextEpoch returns a session epoch larger than every one handed out before,
-// in this process or (clocks permitting) in an earlier one. cp.mu held.
-func (cp *ControlPlane) nextEpoch() uint64 {
-	e := uint64(time.Now().UnixNano())
+// nextEpoch returns a session epoch larger than every one handed out before
+// in this process and than the peer's previous one (peerLast), so that it
+// also exceeds what an earlier control plane gave. cp.mu held.
+func (cp *ControlPlane) nextEpoch(peerLast uint64) uint64 {
+	e := max(uint64(time.Now().UnixNano()), peerLast+1)
 	if e <= cp.lastEpoch {
 		e = cp.lastEpoch + 1
 	}

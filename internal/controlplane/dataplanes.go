@@ -55,7 +55,7 @@ func (cp *ControlPlane) DataPlaneSession(stream pb.ControlPlane_DataPlaneSession
 		default:
 		}
 	}
-	s := &dataPlaneSession{id: hello.DataPlaneId, address: hello.Address, epoch: cp.nextEpoch(), full: true,
+	s := &dataPlaneSession{id: hello.DataPlaneId, address: hello.Address, epoch: cp.nextEpoch(hello.LastEpoch), full: true,
 		dirty: make(map[string]struct{}), wake: make(chan struct{}, 1)}
 	s.wake <- struct{}{}
 	cp.dataPlanes[s.id] = s

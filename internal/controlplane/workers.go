@@ -127,7 +127,7 @@ func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
 	}
 	w.hostname, w.runtime, w.capacity = h.Hostname, h.Runtime, h.Capacity
 	w.used, w.lastBeat, w.up = &pb.Resources{}, now, true
-	sess := &workerSession{epoch: cp.nextEpoch(), worker: w, wake: make(chan struct{}, 1)}
+	sess := &workerSession{epoch: cp.nextEpoch(h.LastEpoch), worker: w, wake: make(chan struct{}, 1)}
 	w.session = sess
 	sess.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Accepted{Accepted: &pb.SessionAccepted{
 		Epoch: sess.epoch, HeartbeatIntervalMs: cp.cfg.HeartbeatInterval.Milliseconds(),

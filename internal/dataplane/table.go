@@ -181,14 +181,14 @@ type function struct {
 	name  string
 	state atomic.Pointer[routeState]
 
-	_  [48]byte
-	rr atomic.Uint64 // rotation counter for round-robin and least-in-flight
-	_  [56]byte
-	load     loadMeter
-	_        [48]byte
-	queued   atomic.Int32 // len(q), written under mu, read without it
-	reporting atomic.Bool // in the router's active set (see load.go)
-	scaleDirty atomic.Bool // in the router's scale set (see session.go)
+	_          [48]byte
+	rr         atomic.Uint64 // rotation counter for round-robin and least-in-flight
+	_          [56]byte
+	load       loadMeter
+	_          [48]byte
+	queued     atomic.Int32 // len(q), written under mu, read without it
+	reporting  atomic.Bool  // in the router's active set (see load.go)
+	scaleDirty atomic.Bool  // in the router's scale set (see router.go)
 
 	mu        sync.Mutex // guards the fields below
 	q         waitQueue

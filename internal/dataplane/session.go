@@ -1,0 +1,176 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	controlplanev1 "github.com/batonfaas/baton/api/controlplane/v1"
+)
+
+// The session with the control plane (DataPlaneSession): hello, a full route
+// snapshot, then incremental updates in; load reports and scale requests
+// out. When the stream breaks the data plane keeps serving from its table
+// and reconnects with back-off, telling the control plane the epoch it
+// held.
+
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 2 * time.Second
+	// maxRouteMsg bounds one RouteUpdate; a full snapshot of many thousand
+	// functions exceeds gRPC's default of 4 MiB.
+	maxRouteMsg = 256 << 20
+)
+
+// runSessions keeps a session open until ctx is done.
+func (d *DataPlane) runSessions(ctx context.Context) {
+	delay := minBackoff
+	for {
+		established, err := d.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if established {
+			delay = minBackoff
+			d.log.Warn("control plane session lost; serving from the routing table", "controlplane", d.cfg.ControlPlane, "err", err)
+		} else if errors.Is(err, ErrStaleEpoch) {
+			// The control plane should pick an epoch above our last_epoch.
+			d.log.Warn("control plane sent a stale snapshot", "controlplane", d.cfg.ControlPlane, "err", err, "retry_in", delay)
+		} else {
+			d.log.Debug("control plane session failed", "controlplane", d.cfg.ControlPlane, "err", err, "retry_in", delay)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		delay = min(2*delay, maxBackoff)
+	}
+}
+
+// session runs one session until the stream breaks or ctx is done.
+// established says whether the first snapshot was applied.
+func (d *DataPlane) session(ctx context.Context) (established bool, err error) {
+	conn, err := grpc.NewClient(d.cfg.ControlPlane,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRouteMsg)))
+	if err != nil {
+		return false, fmt.Errorf("dial control plane: %w", err)
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	stream, err := controlplanev1.NewControlPlaneClient(conn).DataPlaneSession(sctx)
+	if err != nil {
+		return false, fmt.Errorf("open session: %w", err)
+	}
+	hello := &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Hello{Hello: &controlplanev1.DataPlaneHello{
+		DataPlaneId: d.cfg.ID,
+		Address:     d.cfg.Advertise,
+		LastEpoch:   d.rt.epoch.Load(),
+	}}}
+	if err := stream.Send(hello); err != nil {
+		return false, fmt.Errorf("send hello: %w", err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return false, fmt.Errorf("receive snapshot: %w", err)
+	}
+	if !first.GetFull() {
+		return false, errors.New("first route update of the session is not a full snapshot")
+	}
+	if err := d.rt.applyRoutes(first); err != nil {
+		return false, fmt.Errorf("apply snapshot: %w", err)
+	}
+	d.log.Info("control plane session established", "controlplane", d.cfg.ControlPlane,
+		"epoch", first.GetEpoch(), "functions", len(first.GetFunctions()))
+	d.rt.markWaiting()
+
+	var wg sync.WaitGroup
+	sendErr := make(chan error, 1)
+	wg.Go(func() {
+		if err := d.sendLoop(sctx, stream); err != nil {
+			sendErr <- err
+			cancel()
+		}
+	})
+	for {
+		u, rerr := stream.Recv()
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		if aerr := d.rt.applyRoutes(u); aerr != nil {
+			d.log.Debug("route update dropped", "err", aerr)
+		}
+	}
+	cancel()
+	wg.Wait()
+	select {
+	case serr := <-sendErr:
+		err = serr
+	default:
+	}
+	return true, err
+}
+
+// sendLoop is the session's only sender: scale requests as soon as the
+// request path marks a function, load reports every ReportInterval.
+func (d *DataPlane) sendLoop(ctx context.Context, stream grpc.BidiStreamingClient[controlplanev1.DataPlaneMessage, controlplanev1.RouteUpdate]) error {
+	rep := &reporter{rt: d.rt}
+	rep.reset(d.rt.micros(time.Now()))
+	tick := time.NewTicker(d.cfg.ReportInterval)
+	defer tick.Stop()
+	var fns []*function
+	sendScales := func() error {
+		fns = d.rt.scale.take(fns)
+		for _, fn := range fns {
+			queued := fn.queued.Load()
+			m := &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Scale{Scale: &controlplanev1.ScaleRequest{
+				Epoch:    d.rt.epoch.Load(),
+				Function: fn.name,
+				Queued:   queued,
+				InFlight: max(int32(fn.load.level())-queued, 0),
+			}}}
+			if err := stream.Send(m); err != nil {
+				return fmt.Errorf("send scale request: %w", err)
+			}
+		}
+		clear(fns)
+		return nil
+	}
+	if err := sendScales(); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.rt.scale.kick:
+			if err := sendScales(); err != nil {
+				return err
+			}
+		case now := <-tick.C:
+			loads, interval := rep.collect(d.rt.micros(now))
+			if len(loads) == 0 {
+				continue
+			}
+			m := &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Load{Load: &controlplanev1.LoadReport{
+				Epoch:      d.rt.epoch.Load(),
+				IntervalMs: (interval + 500) / 1000,
+				Functions:  loads,
+			}}}
+			if err := stream.Send(m); err != nil {
+				return fmt.Errorf("send load report: %w", err)
+			}
+		}
+	}
+}
