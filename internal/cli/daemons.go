@@ -193,7 +193,11 @@ func (f *workerFlags) config(cp string, log *slog.Logger) (worker.Config, error)
 		if cfg.MaxCreations == 0 {
 			cfg.MaxCreations = 1024
 		}
-		fcfg := fake.Config{Delay: f.fakeDelay, Listen: f.fakeListen}
+		delay := f.fakeDelay
+		if delay == 0 {
+			delay = -1 // the fake runtime reads 0 as its default; the flag means none
+		}
+		fcfg := fake.Config{Delay: delay, Listen: f.fakeListen}
 		cfg.NewRuntime = func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
 			fcfg.OnExit = onExit
 			return fake.New(fcfg)

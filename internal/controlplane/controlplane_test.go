@@ -158,6 +158,7 @@ func (w *fakeWorker) deletedIDs() []string {
 type fakeDataPlane struct {
 	t      *testing.T
 	stream pb.ControlPlane_DataPlaneSessionClient
+	sendMu sync.Mutex
 	mu     sync.Mutex
 	epoch  uint64
 	routes map[string]*pb.FunctionRoute
@@ -192,6 +193,11 @@ func connectDataPlane(t *testing.T, c pb.ControlPlaneClient) *fakeDataPlane {
 				t.Errorf("incremental update with full=%v epoch %d (session %d)", u.Full, u.Epoch, d.epoch)
 			}
 			d.apply(u)
+			var v uint64
+			for _, r := range u.Functions {
+				v = max(v, r.Version)
+			}
+			d.send(&pb.DataPlaneMessage{Msg: &pb.DataPlaneMessage_Ack{Ack: &pb.RouteAck{Epoch: u.Epoch, Version: v}}})
 		}
 	}()
 	t.Cleanup(cancel)
@@ -223,8 +229,14 @@ func (d *fakeDataPlane) endpoints(fn string) []*pb.Endpoint {
 	return nil
 }
 
+func (d *fakeDataPlane) send(m *pb.DataPlaneMessage) {
+	d.sendMu.Lock()
+	defer d.sendMu.Unlock()
+	d.stream.Send(m)
+}
+
 func (d *fakeDataPlane) scale(fn string, queued int32) {
-	d.stream.Send(&pb.DataPlaneMessage{Msg: &pb.DataPlaneMessage_Scale{Scale: &pb.ScaleRequest{
+	d.send(&pb.DataPlaneMessage{Msg: &pb.DataPlaneMessage_Scale{Scale: &pb.ScaleRequest{
 		Epoch: d.epoch, Function: fn, Queued: queued}}})
 }
 

@@ -24,6 +24,7 @@ type dataPlaneSession struct {
 	dirty   map[string]struct{} // guarded by ControlPlane.mu
 	wake    chan struct{}
 	closed  bool
+	acked   uint64 // highest route version it has applied
 }
 
 // markDirty records that fn's route changed, for every data plane. cp.mu held.
@@ -65,6 +66,11 @@ func (cp *ControlPlane) DataPlaneSession(stream pb.ControlPlane_DataPlaneSession
 		cp.mu.Lock()
 		if cp.dataPlanes[s.id] == s {
 			delete(cp.dataPlanes, s.id)
+			for _, fn := range cp.functions {
+				if fn.load != nil {
+					fn.setLoad(s.id, 0)
+				}
+			}
 		}
 		cp.mu.Unlock()
 		cp.log.Info("data plane disconnected", "data_plane", s.id, "epoch", s.epoch)
@@ -181,11 +187,19 @@ func (cp *ControlPlane) handleDataPlaneMessage(s *dataPlaneSession, msg *pb.Data
 				continue
 			}
 			fn.window.Record(now, l.Concurrency, interval)
+			fn.setLoad(s.id, l.InFlight+l.Queued)
 			if l.Arrivals > 0 || l.Concurrency > 0 || l.InFlight > 0 || l.Queued > 0 {
 				fn.active = true
 				fn.lastLoad = now
 			}
 		}
+		cp.mu.Unlock()
+	case *pb.DataPlaneMessage_Ack:
+		if m.Ack.Epoch != s.epoch {
+			return
+		}
+		cp.mu.Lock()
+		s.acked = max(s.acked, m.Ack.Version)
 		cp.mu.Unlock()
 	case *pb.DataPlaneMessage_Scale:
 		if m.Scale.Epoch != s.epoch {
@@ -197,5 +211,37 @@ func (cp *ControlPlane) handleDataPlaneMessage(s *dataPlaneSession, msg *pb.Data
 			cp.scaleRequest(fn, m.Scale.Queued, m.Scale.InFlight, now)
 		}
 		cp.mu.Unlock()
+	}
+}
+
+// routeBarrier returns a function that waits until every data plane now
+// connected has applied the routes marked dirty before the call (or left),
+// at most for d. cp.mu held when routeBarrier is called, not when waiting.
+func (cp *ControlPlane) routeBarrier() func(d time.Duration) bool {
+	need := cp.routeSeq + 1 // every route built from now on has a version >= need
+	sessions := make([]*dataPlaneSession, 0, len(cp.dataPlanes))
+	for _, s := range cp.dataPlanes {
+		sessions = append(sessions, s)
+	}
+	return func(d time.Duration) bool {
+		deadline := time.Now().Add(d)
+		for {
+			cp.mu.Lock()
+			done := true
+			for _, s := range sessions {
+				if !s.closed && cp.dataPlanes[s.id] == s && s.acked < need {
+					done = false
+					break
+				}
+			}
+			cp.mu.Unlock()
+			if done {
+				return true
+			}
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(500 * time.Microsecond)
+		}
 	}
 }

@@ -189,7 +189,6 @@ func (cp *ControlPlane) deploy(ctx context.Context, spec *pb.FunctionSpec) (*pb.
 	}
 
 	cp.mu.Lock()
-	defer cp.mu.Unlock()
 	if fn := cp.functions[s.Name]; fn != nil {
 		fn.update(def)
 		cp.drainOldGenerations(fn)
@@ -200,8 +199,23 @@ func (cp *ControlPlane) deploy(ctx context.Context, spec *pb.FunctionSpec) (*pb.
 		cp.reconcile(fn)
 	}
 	cp.markDirty(s.Name)
+	view := cp.functionView(cp.functions[s.Name])
+	wait := cp.routeBarrier()
+	cp.mu.Unlock()
 	cp.log.Info("function deployed", "function", s.Name, "generation", def.Generation)
-	return cp.functionView(cp.functions[s.Name]), old == nil, nil
+	cp.awaitRoutes(wait, s.Name)
+	return view, old == nil, nil
+}
+
+// routeWait bounds how long deploy and delete wait for the data planes.
+const routeWait = 2 * time.Second
+
+// awaitRoutes waits until the data planes have applied a change, so that a
+// client that saw the deploy (or delete) succeed sees it take effect at once.
+func (cp *ControlPlane) awaitRoutes(wait func(time.Duration) bool, name string) {
+	if !wait(routeWait) {
+		cp.log.Warn("a data plane did not confirm a route change in time", "function", name, "waited", routeWait)
+	}
 }
 
 func (cp *ControlPlane) deleteFunction(ctx context.Context, name string) error {
@@ -220,14 +234,16 @@ func (cp *ControlPlane) deleteFunction(ctx context.Context, name string) error {
 		return fmt.Errorf("delete %s: store: %w", name, err)
 	}
 	cp.mu.Lock()
-	defer cp.mu.Unlock()
 	fn := cp.functions[name]
 	delete(cp.functions, name)
 	for _, sb := range fn.sandboxes {
 		cp.stopSandbox(sb)
 	}
 	cp.markDirty(name)
+	wait := cp.routeBarrier()
+	cp.mu.Unlock()
 	cp.log.Info("function deleted", "function", name)
+	cp.awaitRoutes(wait, name)
 	return nil
 }
 

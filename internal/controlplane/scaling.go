@@ -43,9 +43,20 @@ func (cp *ControlPlane) decide(fn *function, now time.Time) {
 	d := autoscaler.Decide(fn.cfg, in, fn.scaler)
 	fn.scaler, fn.active = d.State, false
 	// A scale decided at once from a ScaleRequest is not undone by a tick
-	// that comes before the first load report has reached the window.
-	if pending, _ := fn.counts(); pending > 0 && fn.window.Empty(now) {
+	// that comes before the first load report has reached the window: an
+	// empty window right after a request is no evidence of zero load.
+	if fn.window.Empty(now) && !fn.lastLoad.IsZero() && now.Sub(fn.lastLoad) < fn.cfg.PanicWindow() {
 		d.Desired = max(d.Desired, fn.desired)
+	}
+	// The windows smooth a falling trend; they never take the scale below
+	// what the requests in flight and queued right now need (the average of
+	// a window that has just started under-estimates them).
+	if demand := fn.demand(); demand > 0 {
+		need := int32(math.Ceil(float64(demand)/(fn.cfg.TargetConcurrency*fn.cfg.TargetUtilization) - 1e-9))
+		if fn.cfg.MaxScale > 0 {
+			need = min(need, fn.cfg.MaxScale)
+		}
+		d.Desired = max(d.Desired, need)
 	}
 	if d.Desired != fn.desired {
 		cp.log.Debug("scale", "function", fn.name(), "from", fn.desired, "to", d.Desired, "panic", d.Panic,

@@ -42,7 +42,8 @@ type function struct {
 	active     bool // load seen since the last autoscaler decision
 	sandboxes  map[string]*sandbox
 
-	lastLoad  time.Time // last report with non-zero load
+	lastLoad  time.Time        // last report with non-zero load
+	load      map[string]int32 // data plane id -> in flight + queued at its last report (nil: none)
 	lastErr   string
 	lastErrAt time.Time
 	failures  int       // consecutive failed creations
@@ -72,6 +73,28 @@ func (fn *function) update(def *pb.Function) {
 }
 
 func (fn *function) name() string { return fn.def.Spec.Name }
+
+// setLoad records a data plane's latest in-flight+queued count for fn.
+func (fn *function) setLoad(dp string, n int32) {
+	if n == 0 {
+		delete(fn.load, dp)
+		return
+	}
+	if fn.load == nil {
+		fn.load = make(map[string]int32, 1)
+	}
+	fn.load[dp] = n
+}
+
+// demand is the requests in flight and queued for fn over all data planes,
+// as last reported.
+func (fn *function) demand() int32 {
+	var n int32
+	for _, v := range fn.load {
+		n += v
+	}
+	return n
+}
 
 // counts returns the current generation's pending and ready sandboxes.
 func (fn *function) counts() (pending, ready int32) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -93,11 +94,12 @@ func (d *DataPlane) session(ctx context.Context) (established bool, err error) {
 	d.log.Info("control plane session established", "controlplane", d.cfg.ControlPlane,
 		"epoch", first.GetEpoch(), "functions", len(first.GetFunctions()))
 	d.rt.markWaiting()
+	acks := newAcker(first)
 
 	var wg sync.WaitGroup
 	sendErr := make(chan error, 1)
 	wg.Go(func() {
-		if err := d.sendLoop(sctx, stream); err != nil {
+		if err := d.sendLoop(sctx, stream, acks); err != nil {
 			sendErr <- err
 			cancel()
 		}
@@ -110,7 +112,9 @@ func (d *DataPlane) session(ctx context.Context) (established bool, err error) {
 		}
 		if aerr := d.rt.applyRoutes(u); aerr != nil {
 			d.log.Debug("route update dropped", "err", aerr)
+			continue
 		}
+		acks.applied(u)
 	}
 	cancel()
 	wg.Wait()
@@ -124,7 +128,7 @@ func (d *DataPlane) session(ctx context.Context) (established bool, err error) {
 
 // sendLoop is the session's only sender: scale requests as soon as the
 // request path marks a function, load reports every ReportInterval.
-func (d *DataPlane) sendLoop(ctx context.Context, stream grpc.BidiStreamingClient[controlplanev1.DataPlaneMessage, controlplanev1.RouteUpdate]) error {
+func (d *DataPlane) sendLoop(ctx context.Context, stream grpc.BidiStreamingClient[controlplanev1.DataPlaneMessage, controlplanev1.RouteUpdate], acks *acker) error {
 	rep := &reporter{rt: d.rt}
 	rep.reset(d.rt.micros(time.Now()))
 	tick := time.NewTicker(d.cfg.ReportInterval)
@@ -147,13 +151,34 @@ func (d *DataPlane) sendLoop(ctx context.Context, stream grpc.BidiStreamingClien
 		clear(fns)
 		return nil
 	}
+	var acked uint64
+	sendAck := func() error {
+		v := acks.version.Load()
+		if v == acked {
+			return nil
+		}
+		acked = v
+		m := &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Ack{Ack: &controlplanev1.RouteAck{
+			Epoch: d.rt.epoch.Load(), Version: v}}}
+		if err := stream.Send(m); err != nil {
+			return fmt.Errorf("send route ack: %w", err)
+		}
+		return nil
+	}
 	if err := sendScales(); err != nil {
+		return err
+	}
+	if err := sendAck(); err != nil {
 		return err
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-acks.kick:
+			if err := sendAck(); err != nil {
+				return err
+			}
 		case <-d.rt.scale.kick:
 			if err := sendScales(); err != nil {
 				return err
@@ -172,5 +197,34 @@ func (d *DataPlane) sendLoop(ctx context.Context, stream grpc.BidiStreamingClien
 				return fmt.Errorf("send load report: %w", err)
 			}
 		}
+	}
+}
+
+// acker tracks the highest route version applied in this session, for the
+// RouteAck messages the sender loop sends.
+type acker struct {
+	version atomic.Uint64
+	kick    chan struct{}
+}
+
+func newAcker(snapshot *controlplanev1.RouteUpdate) *acker {
+	a := &acker{kick: make(chan struct{}, 1)}
+	a.applied(snapshot)
+	return a
+}
+
+// applied records an update that was applied.
+func (a *acker) applied(u *controlplanev1.RouteUpdate) {
+	v := a.version.Load()
+	for _, r := range u.GetFunctions() {
+		v = max(v, r.GetVersion())
+	}
+	if v == a.version.Load() {
+		return
+	}
+	a.version.Store(v)
+	select {
+	case a.kick <- struct{}{}:
+	default:
 	}
 }

@@ -45,8 +45,8 @@ func TestColdThenWarmAndRouting(t *testing.T) {
 	if strings.Contains(warm.header.Get("Server-Timing"), "create;") {
 		t.Fatalf("warm Server-Timing %q has a create entry", warm.header.Get("Server-Timing"))
 	}
-	if first.header.Get("X-Pid") != warm.header.Get("X-Pid") {
-		t.Fatalf("warm request served by another sandbox (pid %s, then %s)", first.header.Get("X-Pid"), warm.header.Get("X-Pid"))
+	if first.header.Get("X-Sandbox") != warm.header.Get("X-Sandbox") {
+		t.Fatalf("warm request served by another sandbox (pid %s, then %s)", first.header.Get("X-Sandbox"), warm.header.Get("X-Sandbox"))
 	}
 
 	// By path: /fn/NAME/rest forwards /rest and the query.
@@ -76,19 +76,21 @@ func TestScaleToZeroAndColdAgain(t *testing.T) {
 	c.deploy(t, spec)
 	a := c.invoke(t, "sleepy", "/")
 	a.want(t, 200, "pid=")
-	pid := a.header.Get("X-Pid")
+	pid := a.header.Get("X-Sandbox")
+	if n := len(sandboxProcs(t, bin(t, "fn"))); n != 1 {
+		t.Fatalf("%d sandbox processes while warm, want 1", n)
+	}
 	waitFor(t, 15*time.Second, "scale to zero", func() bool {
 		st := c.function(t, "sleepy").Status
 		return st.Ready == 0 && st.Pending == 0 && st.Draining == 0
 	})
 	waitFor(t, 5*time.Second, "the sandbox process gone", func() bool {
-		_, err := os.Stat("/proc/" + pid)
-		return err != nil
+		return len(sandboxProcs(t, bin(t, "fn"))) == 0
 	})
 	b := c.invoke(t, "sleepy", "/")
 	b.want(t, 200, "pid=")
-	if b.cold() != "true" || b.header.Get("X-Pid") == pid {
-		t.Fatalf("after scale to zero: cold %q pid %s (old %s), want a cold start in a new sandbox", b.cold(), b.header.Get("X-Pid"), pid)
+	if b.cold() != "true" || b.header.Get("X-Sandbox") == pid {
+		t.Fatalf("after scale to zero: cold %q pid %s (old %s), want a cold start in a new sandbox", b.cold(), b.header.Get("X-Sandbox"), pid)
 	}
 }
 
@@ -113,7 +115,7 @@ func TestPerSandboxConcurrency(t *testing.T) {
 	pids := map[string]bool{}
 	for _, a := range answers {
 		a.want(t, 200, "pid=")
-		pids[a.header.Get("X-Pid")] = true
+		pids[a.header.Get("X-Sandbox")] = true
 		if m, _ := strconv.Atoi(a.header.Get("X-Max-Inflight")); m > 2 || m < 1 {
 			t.Fatalf("a sandbox served %d requests at once, concurrency is 2", m)
 		}
@@ -147,17 +149,23 @@ func TestQueueFull503AndTimeout504(t *testing.T) {
 		t.Fatalf("queued requests: %v, want two 200s", got)
 	}
 
-	// The only sandbox is busy longer than the timeout: the waiter gets 504,
-	// and so does the request that runs past it.
-	go func() { results <- c.invoke(t, "slow", "/?sleep=3000") }()
-	time.Sleep(100 * time.Millisecond)
+	// A request that runs past the timeout gets 504.
 	start := time.Now()
-	c.invoke(t, "slow", "/").want(t, 504, "")
+	c.invoke(t, "slow", "/?sleep=3000").want(t, 504, "")
 	if el := time.Since(start); el > 2500*time.Millisecond {
 		t.Fatalf("504 came after %s, the timeout is 1.5s", el)
 	}
-	if a := <-results; a.status != 504 {
-		t.Fatalf("request running past the timeout: %d %q, want 504", a.status, a.body)
+
+	// A request waiting for a sandbox that takes longer than the timeout to
+	// start gets 504 too.
+	late := fnSpec(t, "late")
+	late.TimeoutMs = 500
+	late.Env["START_DELAY_MS"] = "2000"
+	c.deploy(t, late)
+	start = time.Now()
+	c.invoke(t, "late", "/").want(t, 504, "late")
+	if el := time.Since(start); el > 1500*time.Millisecond {
+		t.Fatalf("504 came after %s, the timeout is 0.5s", el)
 	}
 }
 
@@ -169,11 +177,11 @@ func TestCrashedSandboxReplaced(t *testing.T) {
 	c.deploy(t, spec)
 	waitFor(t, 10*time.Second, "min scale reached", func() bool { return c.function(t, "crashy").Status.Ready == 1 })
 	a := c.invoke(t, "crashy", "/")
-	pid := a.header.Get("X-Pid")
+	pid := a.header.Get("X-Sandbox")
 	c.invoke(t, "crashy", "/crash") // the sandbox exits mid-request
 	waitFor(t, 10*time.Second, "a replacement sandbox", func() bool {
 		b := c.invoke(t, "crashy", "/")
-		return b.status == 200 && b.header.Get("X-Pid") != pid
+		return b.status == 200 && b.header.Get("X-Sandbox") != pid
 	})
 	if st := c.function(t, "crashy").Status; st.Ready != 1 {
 		t.Fatalf("after the crash: %d ready, want 1", st.Ready)

@@ -1,6 +1,6 @@
 // Package sandbox defines the Runtime interface that every sandbox runtime
-// (process, fake, containerd) implements, and the conformance suite they all
-// pass (see conformance.go).
+// (process, fake, containerd) implements. The conformance suite they all
+// pass is package sandboxtest.
 //
 // A sandbox is one isolated instance of a function: something that serves
 // HTTP on an address the data plane can dial. The worker owns the lifecycle;

@@ -1797,6 +1797,7 @@ type DataPlaneMessage struct {
 	//	*DataPlaneMessage_Hello
 	//	*DataPlaneMessage_Load
 	//	*DataPlaneMessage_Scale
+	//	*DataPlaneMessage_Ack
 	Msg           isDataPlaneMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1866,6 +1867,15 @@ func (x *DataPlaneMessage) GetScale() *ScaleRequest {
 	return nil
 }
 
+func (x *DataPlaneMessage) GetAck() *RouteAck {
+	if x != nil {
+		if x, ok := x.Msg.(*DataPlaneMessage_Ack); ok {
+			return x.Ack
+		}
+	}
+	return nil
+}
+
 type isDataPlaneMessage_Msg interface {
 	isDataPlaneMessage_Msg()
 }
@@ -1882,11 +1892,73 @@ type DataPlaneMessage_Scale struct {
 	Scale *ScaleRequest `protobuf:"bytes,3,opt,name=scale,proto3,oneof"`
 }
 
+type DataPlaneMessage_Ack struct {
+	Ack *RouteAck `protobuf:"bytes,4,opt,name=ack,proto3,oneof"`
+}
+
 func (*DataPlaneMessage_Hello) isDataPlaneMessage_Msg() {}
 
 func (*DataPlaneMessage_Load) isDataPlaneMessage_Msg() {}
 
 func (*DataPlaneMessage_Scale) isDataPlaneMessage_Msg() {}
+
+func (*DataPlaneMessage_Ack) isDataPlaneMessage_Msg() {}
+
+// RouteAck says which route versions a data plane has applied: every route
+// with a version up to this one. Deploy and delete wait (briefly) for every
+// connected data plane's ack, so that a client that saw a deploy succeed can
+// invoke the function at once.
+type RouteAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteAck) Reset() {
+	*x = RouteAck{}
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteAck) ProtoMessage() {}
+
+func (x *RouteAck) ProtoReflect() protoreflect.Message {
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteAck.ProtoReflect.Descriptor instead.
+func (*RouteAck) Descriptor() ([]byte, []int) {
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RouteAck) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RouteAck) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
 
 type DataPlaneHello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1899,7 +1971,7 @@ type DataPlaneHello struct {
 
 func (x *DataPlaneHello) Reset() {
 	*x = DataPlaneHello{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +1983,7 @@ func (x *DataPlaneHello) String() string {
 func (*DataPlaneHello) ProtoMessage() {}
 
 func (x *DataPlaneHello) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +1996,7 @@ func (x *DataPlaneHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataPlaneHello.ProtoReflect.Descriptor instead.
 func (*DataPlaneHello) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{26}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DataPlaneHello) GetDataPlaneId() string {
@@ -1961,7 +2033,7 @@ type LoadReport struct {
 
 func (x *LoadReport) Reset() {
 	*x = LoadReport{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2045,7 @@ func (x *LoadReport) String() string {
 func (*LoadReport) ProtoMessage() {}
 
 func (x *LoadReport) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2058,7 @@ func (x *LoadReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadReport.ProtoReflect.Descriptor instead.
 func (*LoadReport) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{27}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LoadReport) GetEpoch() uint64 {
@@ -2023,7 +2095,7 @@ type FunctionLoad struct {
 
 func (x *FunctionLoad) Reset() {
 	*x = FunctionLoad{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2035,7 +2107,7 @@ func (x *FunctionLoad) String() string {
 func (*FunctionLoad) ProtoMessage() {}
 
 func (x *FunctionLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2048,7 +2120,7 @@ func (x *FunctionLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionLoad.ProtoReflect.Descriptor instead.
 func (*FunctionLoad) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{28}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FunctionLoad) GetFunction() string {
@@ -2100,7 +2172,7 @@ type ScaleRequest struct {
 
 func (x *ScaleRequest) Reset() {
 	*x = ScaleRequest{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2184,7 @@ func (x *ScaleRequest) String() string {
 func (*ScaleRequest) ProtoMessage() {}
 
 func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2197,7 @@ func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleRequest.ProtoReflect.Descriptor instead.
 func (*ScaleRequest) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{29}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ScaleRequest) GetEpoch() uint64 {
@@ -2167,7 +2239,7 @@ type RouteUpdate struct {
 
 func (x *RouteUpdate) Reset() {
 	*x = RouteUpdate{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2251,7 @@ func (x *RouteUpdate) String() string {
 func (*RouteUpdate) ProtoMessage() {}
 
 func (x *RouteUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2264,7 @@ func (x *RouteUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteUpdate.ProtoReflect.Descriptor instead.
 func (*RouteUpdate) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{30}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RouteUpdate) GetEpoch() uint64 {
@@ -2234,7 +2306,7 @@ type FunctionRoute struct {
 
 func (x *FunctionRoute) Reset() {
 	*x = FunctionRoute{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2318,7 @@ func (x *FunctionRoute) String() string {
 func (*FunctionRoute) ProtoMessage() {}
 
 func (x *FunctionRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2331,7 @@ func (x *FunctionRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionRoute.ProtoReflect.Descriptor instead.
 func (*FunctionRoute) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{31}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FunctionRoute) GetName() string {
@@ -2330,7 +2402,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2342,7 +2414,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2355,7 +2427,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{32}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Endpoint) GetSandboxId() string {
@@ -2535,12 +2607,16 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"generation\".\n" +
 	"\rDeleteSandbox\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\xce\x01\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x83\x02\n" +
 	"\x10DataPlaneMessage\x12=\n" +
 	"\x05hello\x18\x01 \x01(\v2%.baton.controlplane.v1.DataPlaneHelloH\x00R\x05hello\x127\n" +
 	"\x04load\x18\x02 \x01(\v2!.baton.controlplane.v1.LoadReportH\x00R\x04load\x12;\n" +
-	"\x05scale\x18\x03 \x01(\v2#.baton.controlplane.v1.ScaleRequestH\x00R\x05scaleB\x05\n" +
-	"\x03msg\"m\n" +
+	"\x05scale\x18\x03 \x01(\v2#.baton.controlplane.v1.ScaleRequestH\x00R\x05scale\x123\n" +
+	"\x03ack\x18\x04 \x01(\v2\x1f.baton.controlplane.v1.RouteAckH\x00R\x03ackB\x05\n" +
+	"\x03msg\":\n" +
+	"\bRouteAck\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"m\n" +
 	"\x0eDataPlaneHello\x12\"\n" +
 	"\rdata_plane_id\x18\x01 \x01(\tR\vdataPlaneId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
@@ -2607,7 +2683,7 @@ func file_api_controlplane_v1_controlplane_proto_rawDescGZIP() []byte {
 }
 
 var file_api_controlplane_v1_controlplane_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_api_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_api_controlplane_v1_controlplane_proto_goTypes = []any{
 	(SandboxEvent_Kind)(0),         // 0: baton.controlplane.v1.SandboxEvent.Kind
 	(*ScalingSpec)(nil),            // 1: baton.controlplane.v1.ScalingSpec
@@ -2636,17 +2712,18 @@ var file_api_controlplane_v1_controlplane_proto_goTypes = []any{
 	(*CreateSandbox)(nil),          // 24: baton.controlplane.v1.CreateSandbox
 	(*DeleteSandbox)(nil),          // 25: baton.controlplane.v1.DeleteSandbox
 	(*DataPlaneMessage)(nil),       // 26: baton.controlplane.v1.DataPlaneMessage
-	(*DataPlaneHello)(nil),         // 27: baton.controlplane.v1.DataPlaneHello
-	(*LoadReport)(nil),             // 28: baton.controlplane.v1.LoadReport
-	(*FunctionLoad)(nil),           // 29: baton.controlplane.v1.FunctionLoad
-	(*ScaleRequest)(nil),           // 30: baton.controlplane.v1.ScaleRequest
-	(*RouteUpdate)(nil),            // 31: baton.controlplane.v1.RouteUpdate
-	(*FunctionRoute)(nil),          // 32: baton.controlplane.v1.FunctionRoute
-	(*Endpoint)(nil),               // 33: baton.controlplane.v1.Endpoint
-	nil,                            // 34: baton.controlplane.v1.FunctionSpec.EnvEntry
+	(*RouteAck)(nil),               // 27: baton.controlplane.v1.RouteAck
+	(*DataPlaneHello)(nil),         // 28: baton.controlplane.v1.DataPlaneHello
+	(*LoadReport)(nil),             // 29: baton.controlplane.v1.LoadReport
+	(*FunctionLoad)(nil),           // 30: baton.controlplane.v1.FunctionLoad
+	(*ScaleRequest)(nil),           // 31: baton.controlplane.v1.ScaleRequest
+	(*RouteUpdate)(nil),            // 32: baton.controlplane.v1.RouteUpdate
+	(*FunctionRoute)(nil),          // 33: baton.controlplane.v1.FunctionRoute
+	(*Endpoint)(nil),               // 34: baton.controlplane.v1.Endpoint
+	nil,                            // 35: baton.controlplane.v1.FunctionSpec.EnvEntry
 }
 var file_api_controlplane_v1_controlplane_proto_depIdxs = []int32{
-	34, // 0: baton.controlplane.v1.FunctionSpec.env:type_name -> baton.controlplane.v1.FunctionSpec.EnvEntry
+	35, // 0: baton.controlplane.v1.FunctionSpec.env:type_name -> baton.controlplane.v1.FunctionSpec.EnvEntry
 	1,  // 1: baton.controlplane.v1.FunctionSpec.scaling:type_name -> baton.controlplane.v1.ScalingSpec
 	2,  // 2: baton.controlplane.v1.Function.spec:type_name -> baton.controlplane.v1.FunctionSpec
 	4,  // 3: baton.controlplane.v1.Function.status:type_name -> baton.controlplane.v1.FunctionStatus
@@ -2670,31 +2747,32 @@ var file_api_controlplane_v1_controlplane_proto_depIdxs = []int32{
 	24, // 21: baton.controlplane.v1.WorkerCommand.create:type_name -> baton.controlplane.v1.CreateSandbox
 	25, // 22: baton.controlplane.v1.WorkerCommand.delete:type_name -> baton.controlplane.v1.DeleteSandbox
 	2,  // 23: baton.controlplane.v1.CreateSandbox.spec:type_name -> baton.controlplane.v1.FunctionSpec
-	27, // 24: baton.controlplane.v1.DataPlaneMessage.hello:type_name -> baton.controlplane.v1.DataPlaneHello
-	28, // 25: baton.controlplane.v1.DataPlaneMessage.load:type_name -> baton.controlplane.v1.LoadReport
-	30, // 26: baton.controlplane.v1.DataPlaneMessage.scale:type_name -> baton.controlplane.v1.ScaleRequest
-	29, // 27: baton.controlplane.v1.LoadReport.functions:type_name -> baton.controlplane.v1.FunctionLoad
-	32, // 28: baton.controlplane.v1.RouteUpdate.functions:type_name -> baton.controlplane.v1.FunctionRoute
-	33, // 29: baton.controlplane.v1.FunctionRoute.endpoints:type_name -> baton.controlplane.v1.Endpoint
-	5,  // 30: baton.controlplane.v1.ControlPlane.DeployFunction:input_type -> baton.controlplane.v1.DeployFunctionRequest
-	7,  // 31: baton.controlplane.v1.ControlPlane.GetFunction:input_type -> baton.controlplane.v1.GetFunctionRequest
-	8,  // 32: baton.controlplane.v1.ControlPlane.ListFunctions:input_type -> baton.controlplane.v1.ListFunctionsRequest
-	10, // 33: baton.controlplane.v1.ControlPlane.DeleteFunction:input_type -> baton.controlplane.v1.DeleteFunctionRequest
-	12, // 34: baton.controlplane.v1.ControlPlane.GetStatus:input_type -> baton.controlplane.v1.GetStatusRequest
-	17, // 35: baton.controlplane.v1.ControlPlane.WorkerSession:input_type -> baton.controlplane.v1.WorkerMessage
-	26, // 36: baton.controlplane.v1.ControlPlane.DataPlaneSession:input_type -> baton.controlplane.v1.DataPlaneMessage
-	6,  // 37: baton.controlplane.v1.ControlPlane.DeployFunction:output_type -> baton.controlplane.v1.DeployFunctionResponse
-	3,  // 38: baton.controlplane.v1.ControlPlane.GetFunction:output_type -> baton.controlplane.v1.Function
-	9,  // 39: baton.controlplane.v1.ControlPlane.ListFunctions:output_type -> baton.controlplane.v1.ListFunctionsResponse
-	11, // 40: baton.controlplane.v1.ControlPlane.DeleteFunction:output_type -> baton.controlplane.v1.DeleteFunctionResponse
-	13, // 41: baton.controlplane.v1.ControlPlane.GetStatus:output_type -> baton.controlplane.v1.ClusterStatus
-	22, // 42: baton.controlplane.v1.ControlPlane.WorkerSession:output_type -> baton.controlplane.v1.WorkerCommand
-	31, // 43: baton.controlplane.v1.ControlPlane.DataPlaneSession:output_type -> baton.controlplane.v1.RouteUpdate
-	37, // [37:44] is the sub-list for method output_type
-	30, // [30:37] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	28, // 24: baton.controlplane.v1.DataPlaneMessage.hello:type_name -> baton.controlplane.v1.DataPlaneHello
+	29, // 25: baton.controlplane.v1.DataPlaneMessage.load:type_name -> baton.controlplane.v1.LoadReport
+	31, // 26: baton.controlplane.v1.DataPlaneMessage.scale:type_name -> baton.controlplane.v1.ScaleRequest
+	27, // 27: baton.controlplane.v1.DataPlaneMessage.ack:type_name -> baton.controlplane.v1.RouteAck
+	30, // 28: baton.controlplane.v1.LoadReport.functions:type_name -> baton.controlplane.v1.FunctionLoad
+	33, // 29: baton.controlplane.v1.RouteUpdate.functions:type_name -> baton.controlplane.v1.FunctionRoute
+	34, // 30: baton.controlplane.v1.FunctionRoute.endpoints:type_name -> baton.controlplane.v1.Endpoint
+	5,  // 31: baton.controlplane.v1.ControlPlane.DeployFunction:input_type -> baton.controlplane.v1.DeployFunctionRequest
+	7,  // 32: baton.controlplane.v1.ControlPlane.GetFunction:input_type -> baton.controlplane.v1.GetFunctionRequest
+	8,  // 33: baton.controlplane.v1.ControlPlane.ListFunctions:input_type -> baton.controlplane.v1.ListFunctionsRequest
+	10, // 34: baton.controlplane.v1.ControlPlane.DeleteFunction:input_type -> baton.controlplane.v1.DeleteFunctionRequest
+	12, // 35: baton.controlplane.v1.ControlPlane.GetStatus:input_type -> baton.controlplane.v1.GetStatusRequest
+	17, // 36: baton.controlplane.v1.ControlPlane.WorkerSession:input_type -> baton.controlplane.v1.WorkerMessage
+	26, // 37: baton.controlplane.v1.ControlPlane.DataPlaneSession:input_type -> baton.controlplane.v1.DataPlaneMessage
+	6,  // 38: baton.controlplane.v1.ControlPlane.DeployFunction:output_type -> baton.controlplane.v1.DeployFunctionResponse
+	3,  // 39: baton.controlplane.v1.ControlPlane.GetFunction:output_type -> baton.controlplane.v1.Function
+	9,  // 40: baton.controlplane.v1.ControlPlane.ListFunctions:output_type -> baton.controlplane.v1.ListFunctionsResponse
+	11, // 41: baton.controlplane.v1.ControlPlane.DeleteFunction:output_type -> baton.controlplane.v1.DeleteFunctionResponse
+	13, // 42: baton.controlplane.v1.ControlPlane.GetStatus:output_type -> baton.controlplane.v1.ClusterStatus
+	22, // 43: baton.controlplane.v1.ControlPlane.WorkerSession:output_type -> baton.controlplane.v1.WorkerCommand
+	32, // 44: baton.controlplane.v1.ControlPlane.DataPlaneSession:output_type -> baton.controlplane.v1.RouteUpdate
+	38, // [38:45] is the sub-list for method output_type
+	31, // [31:38] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_api_controlplane_v1_controlplane_proto_init() }
@@ -2716,6 +2794,7 @@ func file_api_controlplane_v1_controlplane_proto_init() {
 		(*DataPlaneMessage_Hello)(nil),
 		(*DataPlaneMessage_Load)(nil),
 		(*DataPlaneMessage_Scale)(nil),
+		(*DataPlaneMessage_Ack)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2723,7 +2802,7 @@ func file_api_controlplane_v1_controlplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_controlplane_v1_controlplane_proto_rawDesc), len(file_api_controlplane_v1_controlplane_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

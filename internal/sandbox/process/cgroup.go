@@ -93,7 +93,7 @@ func (s *cgroupSet) ensureParent() error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create cgroup %s: %w", dir, err)
 		}
-		if !s.v2 {
+		if !s.v2 || len(s.enable) == 0 {
 			continue
 		}
 		ctl := "+" + strings.Join(s.enable, " +")

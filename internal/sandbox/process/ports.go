@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 )
@@ -17,17 +18,30 @@ var claimed = struct {
 
 // ports hands out the ports of a range, round robin so that a freed port is
 // reused as late as possible.
+//
+// Ports in the kernel's ephemeral range (net.ipv4.ip_local_port_range) are
+// used only when the rest of the range is taken: any outgoing connection on
+// the host, the data plane's to the sandboxes included, may take one of
+// them between the bind test and the function's own bind.
 type ports struct {
-	host     string
-	min, max int
+	min, max           int
+	ephemMin, ephemMax int // 0, 0 when unknown
 
 	mu   sync.Mutex
 	next int // offset into the range where the next search starts
 }
 
-func newPorts(host string, min, max int) *ports {
-	// A random start spreads runtimes in different processes apart.
-	return &ports{host: host, min: min, max: max, next: rand.IntN(max - min + 1)}
+func newPorts(min, max int) *ports {
+	p := &ports{min: min, max: max, next: rand.IntN(max - min + 1)} // a random start spreads processes apart
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		_, _ = fmt.Sscan(string(b), &p.ephemMin, &p.ephemMax)
+	}
+	return p
+}
+
+// ephemeral reports whether port is in the kernel's ephemeral range.
+func (p *ports) ephemeral(port int) bool {
+	return port >= p.ephemMin && port <= p.ephemMax
 }
 
 // get returns a port that no runtime here holds and that binds right now.
@@ -35,24 +49,29 @@ func (p *ports) get() (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := p.max - p.min + 1
-	for i := range n {
-		off := (p.next + i) % n
-		port := p.min + off
-		claimed.Lock()
-		taken := claimed.m[port]
-		claimed.m[port] = true
-		claimed.Unlock()
-		if taken {
-			continue
+	for _, allowEphemeral := range []bool{false, true} {
+		for i := range n {
+			off := (p.next + i) % n
+			port := p.min + off
+			if p.ephemeral(port) != allowEphemeral {
+				continue
+			}
+			claimed.Lock()
+			taken := claimed.m[port]
+			claimed.m[port] = true
+			claimed.Unlock()
+			if taken {
+				continue
+			}
+			if !bindable(port) {
+				release(port)
+				continue
+			}
+			p.next = (off + 1) % n
+			return port, nil
 		}
-		if !bindable(p.host, port) {
-			release(port)
-			continue
-		}
-		p.next = (off + 1) % n
-		return port, nil
 	}
-	return 0, fmt.Errorf("no free port in %d-%d on %s", p.min, p.max, p.host)
+	return 0, fmt.Errorf("no free port in %d-%d", p.min, p.max)
 }
 
 // release frees a port that get returned.
@@ -62,9 +81,11 @@ func release(port int) {
 	claimed.Unlock()
 }
 
-// bindable reports whether something could listen on host:port now.
-func bindable(host string, port int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+// bindable reports whether a function could listen on port now. It tests
+// the wildcard address, as functions listen on ":$PORT": that bind
+// conflicts with a socket on any address of the host.
+func bindable(port int) bool {
+	l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 	if err != nil {
 		return false
 	}

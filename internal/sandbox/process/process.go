@@ -5,17 +5,22 @@
 // no daemon.
 //
 // A sandbox starts as a re-execution of the current binary under the argv[0]
-// "baton-sandbox-init" (see init.go): that small init waits until the
+// "baton-sandbox-init" (package sandboxinit): that small init waits until the
 // runtime has placed it in its cgroups, mounts a fresh /proc, sets the
 // hostname to the sandbox id and execs the function, which then is PID 1 of
-// its namespace. Killing it kills the whole tree. The package does this from
-// a Go init function, so any binary importing it can run sandboxes.
+// its namespace. Killing it kills the whole tree. It does this from a Go
+// init function, so any binary importing this package can run sandboxes.
+//
+// Sandboxes do not outlive the runtime's process (they get SIGKILL when it
+// dies), so after a restart there is nothing to adopt: New removes the
+// cgroups they left behind.
 package process
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -28,6 +33,7 @@ import (
 	"time"
 
 	"github.com/batonfaas/baton/internal/sandbox"
+	"github.com/batonfaas/baton/internal/sandbox/process/sandboxinit"
 )
 
 // Config configures a Runtime. The zero value (plus root) works.
@@ -79,7 +85,8 @@ type Runtime struct {
 	boxes  map[string]*box
 	closed bool
 
-	wg sync.WaitGroup // every goroutine the runtime starts
+	spawns chan spawnRequest // to the spawner; closed by Close
+	wg     sync.WaitGroup    // every goroutine the runtime starts
 }
 
 var _ sandbox.Runtime = (*Runtime)(nil)
@@ -160,14 +167,21 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	log.Debug("process runtime ready", "cgroup_v2", cg.v2, "cgroup_parent", parent,
 		"host", cfg.Host, "ports", fmt.Sprintf("%d-%d", cfg.PortMin, cfg.PortMax))
-	return &Runtime{
+	r := &Runtime{
 		cfg:    cfg,
 		log:    log,
 		cg:     cg,
-		ports:  newPorts(cfg.Host, cfg.PortMin, cfg.PortMax),
+		ports:  newPorts(cfg.PortMin, cfg.PortMax),
 		onExit: onExit,
 		boxes:  map[string]*box{},
-	}, nil
+		spawns: make(chan spawnRequest),
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		spawner(r.spawns)
+	}()
+	return r, nil
 }
 
 // Name returns "process".
@@ -229,9 +243,7 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		return sandbox.Sandbox{}, err
 	}
 	b.sb.Address = net.JoinHostPort(r.cfg.Host, strconv.Itoa(b.port))
-	t0 := time.Now()
 	syncW, err := r.start(b, binary, spec)
-	t1 := time.Now()
 	if err != nil {
 		return sandbox.Sandbox{}, err
 	}
@@ -251,12 +263,8 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if err != nil {
 		return sandbox.Sandbox{}, err
 	}
-	t2 := time.Now()
 	if err := r.waitReady(ctx, b); err != nil {
 		return sandbox.Sandbox{}, err
-	}
-	if os.Getenv("BATON_TIMING") != "" {
-		fmt.Fprintf(os.Stderr, "start %v cg %v ready %v\n", t1.Sub(t0), t2.Sub(t1), time.Since(t2))
 	}
 	b.sb.Started = time.Now()
 	r.mu.Lock()
@@ -299,6 +307,10 @@ func (r *Runtime) resolve(spec sandbox.Spec) (string, error) {
 	st, err := os.Stat(binary)
 	switch {
 	case err != nil:
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
 		return "", fmt.Errorf("%w: binary %s: %v", sandbox.ErrInvalid, binary, err)
 	case !st.Mode().IsRegular():
 		return "", fmt.Errorf("%w: binary %s is not a regular file", sandbox.ErrInvalid, binary)
@@ -333,17 +345,11 @@ func (r *Runtime) start(b *box, binary string, spec sandbox.Spec) (*os.File, err
 	if len(hostname) > 64 { // HOST_NAME_MAX
 		hostname = hostname[:64]
 	}
-	argv := append([]string{initArg0, hostname, binary}, spec.Args...)
-	ts := time.Now()
-	defer func() {
-		if os.Getenv("BATON_TIMING") != "" {
-			fmt.Fprintf(os.Stderr, "startprocess %v\n", time.Since(ts))
-		}
-	}()
-	proc, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{
+	argv := append([]string{sandboxinit.Arg0, hostname, binary}, spec.Args...)
+	proc, err := r.spawn(argv, &os.ProcAttr{
 		Dir:   filepath.Dir(binary),
 		Env:   env(spec.Env, b.port),
-		Files: []*os.File{devNull, outW, outW, syncR}, // syncR becomes syncFD
+		Files: []*os.File{devNull, outW, outW, syncR}, // syncR becomes sandboxinit.SyncFD
 		Sys: &syscall.SysProcAttr{
 			Cloneflags: cloneFlags,
 			Pdeathsig:  syscall.SIGKILL,
@@ -392,11 +398,11 @@ func env(spec map[string]string, port int) []string {
 // waitReady polls the sandbox's port until it accepts a connection, the
 // process exits, ctx ends or the ready timeout passes.
 func (r *Runtime) waitReady(ctx context.Context, b *box) error {
-	deadline := time.Now().Add(r.cfg.ReadyTimeout)
+	start := time.Now()
+	deadline := start.Add(r.cfg.ReadyTimeout)
 	dialer := net.Dialer{Timeout: time.Second}
-	wait := 500 * time.Microsecond
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
+	wait := finePoll
+	var timer *time.Timer
 	for {
 		conn, err := dialer.DialContext(ctx, "tcp", b.sb.Address)
 		if err == nil {
@@ -406,16 +412,46 @@ func (r *Runtime) waitReady(ctx context.Context, b *box) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
 		}
-		timer.Reset(wait)
+		if time.Since(start) < finePollFor {
+			// Go's timers fire at millisecond granularity here, a fifth of
+			// a typical start: sleep the thread instead, a few times.
+			select {
+			case <-b.exited:
+				return notReadyExited(b)
+			case <-ctx.Done():
+				return fmt.Errorf("wait for %s: %w", b.sb.Address, ctx.Err())
+			default:
+			}
+			ts := syscall.NsecToTimespec(int64(finePoll))
+			_ = syscall.Nanosleep(&ts, nil)
+			continue
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
 		select {
 		case <-b.exited:
-			return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, exitReason(b))
+			return notReadyExited(b)
 		case <-ctx.Done():
 			return fmt.Errorf("wait for %s: %w", b.sb.Address, ctx.Err())
 		case <-timer.C:
 		}
-		wait = min(wait*5/4, time.Millisecond)
+		wait = min(wait*3/2, 10*time.Millisecond)
 	}
+}
+
+// Readiness polling: every finePoll for the first finePollFor (most
+// functions answer within a few milliseconds), then backing off to 10 ms.
+const (
+	finePoll    = 500 * time.Microsecond
+	finePollFor = 50 * time.Millisecond
+)
+
+func notReadyExited(b *box) error {
+	return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, exitReason(b))
 }
 
 // reasonBytes is how much output an error reason quotes.
@@ -597,6 +633,9 @@ func (r *Runtime) Close(ctx context.Context) error {
 		wg.Go(func() { errs[i] = r.Delete(ctx, id) })
 	}
 	wg.Wait()
+	// Every Create has finished (Delete waited for those in progress) and
+	// no new one gets past the closed check: nobody sends any more.
+	close(r.spawns)
 	r.wg.Wait()
 	r.cg.removeParent()
 	if err := errors.Join(errs...); err != nil {

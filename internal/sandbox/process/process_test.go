@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/batonfaas/baton/internal/sandbox"
+	"github.com/batonfaas/baton/internal/sandbox/process/sandboxinit"
 	"github.com/batonfaas/baton/internal/sandbox/sandboxtest"
 )
 
@@ -24,6 +26,9 @@ import (
 var hello string
 
 func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		os.Exit(m.Run()) // every test skips (or, under CI, fails) in needRoot
+	}
 	dir, err := os.MkdirTemp("", "baton-process-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -129,6 +134,7 @@ func TestIsolation(t *testing.T) {
 	rt := newRuntime(t, Config{})
 	spec := helloSpec("iso-1")
 	spec.Env = map[string]string{"FUNCTION": "iso", "PORT": "1"}
+	spec.Args = []string{"-flag", "two words"}
 	spec.CPUMillicores = 250
 	spec.MemoryMiB = 64
 	sb, err := rt.Create(t.Context(), spec)
@@ -160,6 +166,14 @@ func TestIsolation(t *testing.T) {
 	}
 	if !strings.Contains(string(status), "\nNSpid:\t"+strconv.Itoa(pid)+"\t1\n") {
 		t.Errorf("sandbox is not PID 1 of its namespace:\n%s", status)
+	}
+	// Its /proc is its own, and shows it as PID 1 with its arguments.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/proc/1/cmdline", pid))
+	if want := hello + "\x00-flag\x00two words\x00"; err != nil || string(cmdline) != want {
+		t.Errorf("its /proc/1/cmdline = %q (%v), want %q", cmdline, err, want)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/proc/%d", pid, os.Getpid())); err == nil {
+		t.Errorf("the sandbox's /proc shows the host's processes")
 	}
 	environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	envs := strings.Split(strings.TrimRight(string(environ), "\x00"), "\x00")
@@ -295,7 +309,7 @@ func TestNotReady(t *testing.T) {
 	}{
 		{"exits", "#!/bin/sh\necho starting; echo 'boom: no config' >&2; exit 3\n", []string{"exit status 3", "boom: no config", "starting"}},
 		{"never listens", "#!/bin/sh\necho waiting forever; exec sleep 1000\n", []string{"no answer", "300ms", "waiting forever"}},
-		{"bad interpreter", "#!/no/such/interpreter\n", []string{initArg0, "exec ", "no such file"}},
+		{"bad interpreter", "#!/no/such/interpreter\n", []string{sandboxinit.Arg0, "exec ", "no such file"}},
 	}
 	for i, tc := range tests {
 		fn := filepath.Join(t.TempDir(), "fn")
@@ -485,4 +499,43 @@ func BenchmarkCreateDelete(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(n), "ms/op")
 	b.ReportMetric(float64(create.Microseconds())/1000/float64(n), "create-ms/op")
+}
+
+// TestSurvivesThreadExit checks that a sandbox outlives the OS thread of
+// the goroutine that created it (Pdeathsig follows threads, not processes).
+func TestSurvivesThreadExit(t *testing.T) {
+	rt := newRuntime(t, Config{OnExit: func(e sandbox.Exit) { t.Errorf("sandbox exited: %+v", e) }})
+	type result struct {
+		sb  sandbox.Sandbox
+		err error
+	}
+	done := make(chan result, 1)
+	create := func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		sb, err := rt.Create(context.Background(), helloSpec("thread-1"))
+		done <- result{sb, err}
+	}
+	go func() {
+		runtime.LockOSThread()
+		if syscall.Gettid() != os.Getpid() {
+			create()
+			return
+		}
+		// The main thread is never ended: create from another one, which
+		// it cannot be while this goroutine holds it.
+		go create()
+		time.Sleep(time.Second)
+		runtime.UnlockOSThread()
+	}()
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	time.Sleep(100 * time.Millisecond) // the thread has exited by now
+	if body := get(t, res.sb.Address); !strings.Contains(body, "thread-1") {
+		t.Errorf("body %q", body)
+	}
+	if err := rt.Delete(t.Context(), "thread-1"); err != nil {
+		t.Fatal(err)
+	}
 }

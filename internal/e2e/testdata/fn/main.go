@@ -1,7 +1,9 @@
 // Command fn is the end-to-end tests' function: an HTTP server on $PORT with
 // knobs. ?sleep=MS waits; /crash exits with status 3; every answer carries
 // the process id, the path and query it saw, and the most requests it has
-// served at once. FAIL_AT_START=MSG makes it print MSG and exit 1 at once.
+// served at once. FAIL_AT_START=MSG makes it print MSG and exit 1 at once;
+// START_DELAY_MS=N makes it wait N ms before it listens. The sandbox is
+// named by its hostname (its pid is 1 in its own PID namespace).
 package main
 
 import (
@@ -18,6 +20,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, msg)
 		os.Exit(1)
 	}
+	if ms, _ := strconv.Atoi(os.Getenv("START_DELAY_MS")); ms > 0 {
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+	}
+	host, _ := os.Hostname()
 	var (
 		mu            sync.Mutex
 		inflight, top int
@@ -38,8 +44,8 @@ func main() {
 		t := top
 		mu.Unlock()
 		w.Header().Set("X-Max-Inflight", strconv.Itoa(t))
-		w.Header().Set("X-Pid", strconv.Itoa(os.Getpid()))
-		fmt.Fprintf(w, "pid=%d path=%s query=%s host=%s env=%s max=%d\n", os.Getpid(), r.URL.Path, r.URL.RawQuery, r.Host,
+		w.Header().Set("X-Sandbox", host)
+		fmt.Fprintf(w, "sandbox=%s pid=%d path=%s query=%s host=%s env=%s max=%d\n", host, os.Getpid(), r.URL.Path, r.URL.RawQuery, r.Host,
 			os.Getenv("GREETING"), t)
 	})
 	if err := http.ListenAndServe(":"+os.Getenv("PORT"), nil); err != nil {
