@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"math"
 	"time"
 
@@ -158,7 +157,7 @@ func (cp *ControlPlane) createSandbox(fn *function) error {
 	}
 	i, err := cp.placer.Place(nodes, req)
 	if err != nil {
-		return fmt.Errorf("place a sandbox (cpu %dm, memory %d MiB): %w", req.CPU, req.Memory, err)
+		return err // it says what did not fit where
 	}
 	w := cp.nodeWorkers[i]
 	sb := &sandbox{

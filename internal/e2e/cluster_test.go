@@ -18,13 +18,15 @@ import (
 	"github.com/batonfaas/baton/internal/controlplane"
 	"github.com/batonfaas/baton/internal/dataplane"
 	"github.com/batonfaas/baton/internal/sandbox"
+	"github.com/batonfaas/baton/internal/sandbox/fake"
 	"github.com/batonfaas/baton/internal/sandbox/process"
+	"github.com/batonfaas/baton/internal/store"
 	"github.com/batonfaas/baton/internal/worker"
 )
 
 // needRoot skips a test that needs root (namespaces, cgroups), except under
 // CI=true where it must run.
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
@@ -43,7 +45,7 @@ var (
 
 // bin builds the test function, the examples and the baton binary once per
 // test run and returns the path of the named one.
-func bin(t *testing.T, name string) string {
+func bin(t testing.TB, name string) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "baton-e2e-bin-")
@@ -91,9 +93,12 @@ type clusterOpts struct {
 	workers    int
 	queueLimit int
 	dataDir    string
+	fake       bool          // the fake runtime instead of process
+	fakeDelay  time.Duration // its creation delay (default 40ms)
+	memStore   bool          // an in-memory store (benchmarks deploying thousands)
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("BATON_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -103,9 +108,11 @@ func testLogger(t *testing.T) *slog.Logger {
 // startCluster runs a control plane, a data plane and process-runtime
 // workers in this process, on loopback ports of their own, with short
 // timers so the tests run fast.
-func startCluster(t *testing.T, o clusterOpts) *cluster {
+func startCluster(t testing.TB, o clusterOpts) *cluster {
 	t.Helper()
-	needRoot(t)
+	if !o.fake {
+		needRoot(t)
+	}
 	if o.workers == 0 {
 		o.workers = 1
 	}
@@ -114,10 +121,16 @@ func startCluster(t *testing.T, o clusterOpts) *cluster {
 	}
 	log := testLogger(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &cluster{cancel: cancel, dataDir: o.dataDir, client: &http.Client{Timeout: 30 * time.Second}}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 1024
+	c := &cluster{cancel: cancel, dataDir: o.dataDir, client: &http.Client{Timeout: 30 * time.Second, Transport: tr}}
+	var st store.Store
+	if o.memStore {
+		st = store.NewMemory()
+	}
 	var err error
 	c.cp, err = controlplane.New(controlplane.Config{
-		Listen: "127.0.0.1:0", DataDir: o.dataDir, HeartbeatInterval: 200 * time.Millisecond,
+		Listen: "127.0.0.1:0", DataDir: o.dataDir, Store: st, HeartbeatInterval: 200 * time.Millisecond,
 		HeartbeatTimeout: time.Second, AutoscaleInterval: 200 * time.Millisecond, IdleDrain: 200 * time.Millisecond,
 		Logger: log.With("c", "cp"),
 	})
@@ -135,12 +148,19 @@ func startCluster(t *testing.T, o clusterOpts) *cluster {
 	c.goRun(func() { c.dp.Run(ctx) })
 	for i := range o.workers {
 		id := fmt.Sprintf("e2e-%d-%d", os.Getpid(), i)
+		newRT := func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+			return process.New(process.Config{CgroupParent: "baton-e2e/" + id, OnExit: onExit, Logger: log})
+		}
+		capacity, creations := worker.Resources{CPUMillicores: 10_000_000, MemoryMiB: 1 << 20}, 16
+		if o.fake {
+			newRT = func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+				return fake.New(fake.Config{Delay: o.fakeDelay, OnExit: onExit})
+			}
+			capacity, creations = worker.Resources{CPUMillicores: 1 << 40, MemoryMiB: 1 << 40}, 4096
+		}
 		w, err := worker.New(worker.Config{
-			ID: id, ControlPlane: c.cp.Addr(), Capacity: worker.Resources{CPUMillicores: 64000, MemoryMiB: 64 << 10},
-			Logger: log.With("c", "worker", "id", id),
-			NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
-				return process.New(process.Config{CgroupParent: "baton-e2e/" + id, OnExit: onExit, Logger: log})
-			},
+			ID: id, ControlPlane: c.cp.Addr(), Capacity: capacity, MaxCreations: creations,
+			Logger: log.With("c", "worker", "id", id), NewRuntime: newRT,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -175,7 +195,7 @@ func (c *cluster) stop() {
 	c.done.Wait()
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -186,14 +206,14 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func (c *cluster) deploy(t *testing.T, spec *pb.FunctionSpec) {
+func (c *cluster) deploy(t testing.TB, spec *pb.FunctionSpec) {
 	t.Helper()
 	if _, err := c.cpc.DeployFunction(context.Background(), &pb.DeployFunctionRequest{Spec: spec}); err != nil {
 		t.Fatalf("deploy %s: %v", spec.Name, err)
 	}
 }
 
-func (c *cluster) function(t *testing.T, name string) *pb.Function {
+func (c *cluster) function(t testing.TB, name string) *pb.Function {
 	t.Helper()
 	f, err := c.cpc.GetFunction(context.Background(), &pb.GetFunctionRequest{Name: name})
 	if err != nil {
@@ -209,7 +229,7 @@ type answer struct {
 }
 
 // invoke sends a request for fn by Host header (path "" means "/").
-func (c *cluster) invoke(t *testing.T, fn, path string) answer {
+func (c *cluster) invoke(t testing.TB, fn, path string) answer {
 	t.Helper()
 	if path == "" {
 		path = "/"
@@ -219,7 +239,7 @@ func (c *cluster) invoke(t *testing.T, fn, path string) answer {
 	return c.do(t, req)
 }
 
-func (c *cluster) do(t *testing.T, req *http.Request) answer {
+func (c *cluster) do(t testing.TB, req *http.Request) answer {
 	t.Helper()
 	resp, err := c.client.Do(req)
 	if err != nil {
@@ -232,7 +252,7 @@ func (c *cluster) do(t *testing.T, req *http.Request) answer {
 
 func (a answer) cold() string { return a.header.Get("X-Baton-Cold-Start") }
 
-func (a answer) want(t *testing.T, status int, bodyHas string) {
+func (a answer) want(t testing.TB, status int, bodyHas string) {
 	t.Helper()
 	if a.status != status || !strings.Contains(a.body, bodyHas) {
 		t.Fatalf("got %d %q, want %d with %q", a.status, a.body, status, bodyHas)
@@ -240,7 +260,7 @@ func (a answer) want(t *testing.T, status int, bodyHas string) {
 }
 
 // sandboxProcs lists the live processes running the given executable.
-func sandboxProcs(t *testing.T, exe string) []string {
+func sandboxProcs(t testing.TB, exe string) []string {
 	t.Helper()
 	ents, _ := os.ReadDir("/proc")
 	var out []string

@@ -59,3 +59,19 @@ func TestBoltRoundTripAndReopen(t *testing.T) {
 		t.Fatalf("deleted key still there: %v", err)
 	}
 }
+
+func TestMemoryStore(t *testing.T) {
+	ctx := context.Background()
+	s := NewMemory()
+	s.Put(ctx, "b", []byte("2"))
+	s.Put(ctx, "a", []byte("1"))
+	var keys []string
+	s.List(ctx, func(k string, _ []byte) error { keys = append(keys, k); return nil })
+	if len(keys) != 2 || keys[0] != "a" {
+		t.Fatalf("list: %v", keys)
+	}
+	s.Delete(ctx, "a")
+	if _, err := s.Get(ctx, "a"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("get deleted: %v", err)
+	}
+}

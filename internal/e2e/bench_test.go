@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "github.com/batonfaas/baton/api/controlplane/v1"
+)
+
+// Benchmarks of whole clusters in one process, talking through their real
+// APIs. Each reports latency percentiles next to ns/op.
+
+func reportLatencies(b *testing.B, lat []time.Duration, elapsed time.Duration) {
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		return float64(lat[min(int(p*float64(len(lat))), len(lat)-1)].Microseconds()) / 1000
+	}
+	b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "cold/s")
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}
+
+// BenchmarkColdStartBurstFake: one request to each of b.N functions at zero,
+// 100 in flight at a time, on the fake runtime (40 ms creation). The floor
+// is 40 ms per cold start; the rest is Baton.
+func BenchmarkColdStartBurstFake(b *testing.B) {
+	c := startCluster(b, clusterOpts{fake: true, memStore: true, queueLimit: 100000})
+	for i := range b.N {
+		c.deploy(b, &pb.FunctionSpec{Name: fmt.Sprintf("cold-%d", i), Image: "fake",
+			Scaling: &pb.ScalingSpec{ScaleToZeroGraceMs: 600_000}})
+	}
+	const inFlight = 100
+	lat := make([]time.Duration, b.N)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for range inFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= b.N {
+					return
+				}
+				req, _ := http.NewRequest(http.MethodGet, "http://"+c.dp.Addr()+"/", nil)
+				req.Host = fmt.Sprintf("cold-%d", i)
+				req.Header.Set("workload", "empty")
+				t0 := time.Now()
+				resp, err := c.client.Do(req)
+				lat[i] = time.Since(t0)
+				if err != nil || resp.StatusCode != 200 || resp.Header.Get("X-Baton-Cold-Start") != "true" {
+					failed.Add(1)
+				}
+				if resp != nil {
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d of %d cold starts failed or were not cold", f, b.N)
+	}
+	reportLatencies(b, lat, elapsed)
+}
+
+// BenchmarkColdStartProcess: sequential cold starts on the process runtime
+// (examples/hello), request in to answer out, each to a function at zero.
+func BenchmarkColdStartProcess(b *testing.B) {
+	c := startCluster(b, clusterOpts{memStore: true})
+	hello := bin(b, "hello")
+	for i := range b.N {
+		c.deploy(b, &pb.FunctionSpec{Name: fmt.Sprintf("pcold-%d", i), Binary: hello, MemoryMib: 64, CpuMillicores: benchCPU(),
+			Scaling: &pb.ScalingSpec{ScaleToZeroGraceMs: 600_000}})
+	}
+	lat := make([]time.Duration, b.N)
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		t0 := time.Now()
+		a := c.invoke(b, fmt.Sprintf("pcold-%d", i), "/")
+		lat[i] = time.Since(t0)
+		if os.Getenv("BATON_BENCH_TRACE") != "" {
+			fmt.Fprintf(os.Stderr, "%d %s %s\n", i, lat[i], a.header.Get("Server-Timing"))
+		}
+		if a.status != 200 || a.cold() != "true" {
+			b.Fatalf("request %d: %d cold=%s %q", i, a.status, a.cold(), a.body)
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	reportLatencies(b, lat, elapsed)
+}
+
+// benchCPU is the CPU request (and cgroup limit) of benchmark functions:
+// BATON_BENCH_CPU millicores, default 1000 (one core).
+func benchCPU() int64 {
+	if v, err := strconv.ParseInt(os.Getenv("BATON_BENCH_CPU"), 10, 64); err == nil && v > 0 {
+		return v
+	}
+	return 1000
+}
