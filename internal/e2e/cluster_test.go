@@ -96,6 +96,9 @@ type clusterOpts struct {
 	fake       bool          // the fake runtime instead of process
 	fakeDelay  time.Duration // its creation delay (default 40ms)
 	memStore   bool          // an in-memory store (benchmarks deploying thousands)
+	// newRuntime, when set, builds each worker's runtime (other runtimes'
+	// end-to-end tests); the worker id is unique per worker.
+	newRuntime func(workerID string, onExit sandbox.ExitFunc) (sandbox.Runtime, error)
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -110,7 +113,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // timers so the tests run fast.
 func startCluster(t testing.TB, o clusterOpts) *cluster {
 	t.Helper()
-	if !o.fake {
+	if !o.fake && o.newRuntime == nil {
 		needRoot(t)
 	}
 	if o.workers == 0 {
@@ -157,6 +160,9 @@ func startCluster(t testing.TB, o clusterOpts) *cluster {
 				return fake.New(fake.Config{Delay: o.fakeDelay, OnExit: onExit})
 			}
 			capacity, creations = worker.Resources{CPUMillicores: 1 << 40, MemoryMiB: 1 << 40}, 4096
+		}
+		if o.newRuntime != nil {
+			newRT = func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) { return o.newRuntime(id, onExit) }
 		}
 		w, err := worker.New(worker.Config{
 			ID: id, ControlPlane: c.cp.Addr(), Capacity: capacity, MaxCreations: creations,
