@@ -132,6 +132,7 @@ type workerFlags struct {
 	cpu, memory                int64
 	maxSandboxes, maxCreations int
 	fakeDelay                  time.Duration
+	emulate                    int
 	fakeListen                 string
 	imageMap                   multiFlag
 }
@@ -147,6 +148,81 @@ func (f *workerFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.fakeDelay, "fake-delay", 40*time.Millisecond, "fake runtime: emulated creation time")
 	fs.StringVar(&f.fakeListen, "fake-listen", "127.0.0.1:0", "fake runtime: address of the in-process function server")
 	fs.Var(&f.imageMap, "image-map", "process runtime: IMAGE=PATH runs executable PATH for image IMAGE (repeatable)")
+}
+
+// workers builds the worker (or, with n > 1 emulated workers of the fake
+// runtime, the workers) this process runs. Emulated workers register and
+// heartbeat each as its own node with its own capacity, named ID-0..ID-n-1;
+// they share one connection to the control plane and one fake function
+// server. close releases what they share.
+func (f *workerFlags) workers(cp string, n int, log *slog.Logger) (ws []*worker.Worker, close func(), err error) {
+	close = func() {}
+	if n <= 1 {
+		cfg, err := f.config(cp, log)
+		if err != nil {
+			return nil, close, err
+		}
+		w, err := worker.New(cfg)
+		if err != nil {
+			return nil, close, err
+		}
+		return []*worker.Worker{w}, close, nil
+	}
+	if f.runtime != "fake" {
+		return nil, close, fmt.Errorf("emulating %d workers needs --runtime fake", n)
+	}
+	srv, err := fake.NewServer(f.fakeListen)
+	if err != nil {
+		return nil, close, err
+	}
+	conn, err := worker.Dial(cp)
+	if err != nil {
+		srv.Close()
+		return nil, close, err
+	}
+	close = func() { conn.Close(); srv.Close() }
+	base := f.id
+	if base == "" {
+		base, _ = os.Hostname()
+	}
+	for i := range n {
+		g := *f
+		g.id = fmt.Sprintf("%s-%d", base, i)
+		cfg, err := g.config(cp, log)
+		if err != nil {
+			close()
+			return nil, func() {}, err
+		}
+		cfg.Conn = conn
+		delay := f.fakeDelay
+		if delay == 0 {
+			delay = -1
+		}
+		cfg.NewRuntime = func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+			return fake.New(fake.Config{Delay: delay, Server: srv, OnExit: onExit})
+		}
+		w, err := worker.New(cfg)
+		if err != nil {
+			close()
+			return nil, func() {}, err
+		}
+		ws = append(ws, w)
+	}
+	log.Info("emulating workers", "count", n, "first", ws[0].ID(), "fake_server", srv.Addr())
+	return ws, close, nil
+}
+
+// runWorkers runs every worker until ctx is done and joins their errors.
+func runWorkers(ctx context.Context, ws []*worker.Worker) error {
+	errs := make(chan error, len(ws))
+	for _, w := range ws {
+		go func() { errs <- w.Run(ctx) }()
+	}
+	var all []error
+	for range ws {
+		all = append(all, <-errs)
+	}
+	return errors.Join(all...)
 }
 
 var idSafe = regexp.MustCompile(`[^A-Za-z0-9_.-]`)
@@ -229,21 +305,19 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	var f workerFlags
 	f.register(fs)
 	cpAddr := fs.String("controlplane", controlPlaneDefault(), "control-plane gRPC address")
+	fs.IntVar(&f.emulate, "emulate", 1, "run this many emulated workers in this process (fake runtime only)")
 	log, err := fs.parseDaemon(args)
 	if err != nil {
 		return err
 	}
-	cfg, err := f.config(*cpAddr, log)
+	ws, closeShared, err := f.workers(*cpAddr, f.emulate, log)
 	if err != nil {
 		return err
 	}
-	w, err := worker.New(cfg)
-	if err != nil {
-		return err
-	}
+	defer closeShared()
 	ctx, stop := signalContext(log)
 	defer stop()
-	return w.Run(ctx)
+	return runWorkers(ctx, ws)
 }
 
 // ---- baton up --------------------------------------------------------------
@@ -259,6 +333,7 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 	dpf.register(fs)
 	wf.register(fs)
 	fs.StringVar(&cpf.dataDir, "data-dir", defaultDataDir(), "directory of the function registry (bbolt)")
+	fs.IntVar(&wf.emulate, "workers", 1, "workers to run (more than one: emulated, fake runtime only)")
 	log, err := fs.parseDaemon(args)
 	if err != nil {
 		return err
@@ -271,14 +346,11 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	wcfg, err := wf.config(cp.Addr(), log)
+	ws, closeShared, err := wf.workers(cp.Addr(), wf.emulate, log)
 	if err != nil {
 		return err
 	}
-	w, err := worker.New(wcfg)
-	if err != nil {
-		return err
-	}
+	defer closeShared()
 	ctx, stop := signalContext(log)
 	defer stop()
 	fmt.Fprintf(stdout, "baton up: data plane on http://%s, control plane on %s, %s runtime, data in %s\n",
@@ -294,7 +366,7 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 	dpDone := make(chan error, 1)
 	go func() { dpDone <- dp.Run(ctx) }()
 	wDone := make(chan error, 1)
-	go func() { wDone <- w.Run(ctx) }()
+	go func() { wDone <- runWorkers(ctx, ws) }()
 
 	var errs []error
 	select {

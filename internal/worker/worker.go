@@ -127,6 +127,9 @@ func Dial(addr string) (*grpc.ClientConn, error) {
 	)
 }
 
+// ID is the worker's id.
+func (w *Worker) ID() string { return w.cfg.ID }
+
 // Runtime is the worker's sandbox runtime.
 func (w *Worker) Runtime() sandbox.Runtime { return w.rt }
 
