@@ -47,10 +47,12 @@ type cpFlags struct {
 	listen, dataDir, placement  string
 	hbInterval, hbTimeout, tick time.Duration
 	idleDrain                   time.Duration
+	dirigentListen              string
 }
 
 func (f *cpFlags) register(fs *flagSet, prefix string) {
 	fs.StringVar(&f.listen, prefix+"listen", "127.0.0.1:9090", "control-plane gRPC address")
+	fs.StringVar(&f.dirigentListen, "dirigent-listen", "127.0.0.1:9091", "Dirigent-compatible registration API (HTTP); empty disables it")
 	fs.StringVar(&f.placement, "placement", "kubernetes", "placement policy: random, round-robin, least-loaded or kubernetes")
 	fs.DurationVar(&f.hbInterval, "heartbeat-interval", time.Second, "how often workers heartbeat")
 	fs.DurationVar(&f.hbTimeout, "heartbeat-timeout", 3*time.Second, "a worker silent this long is marked down and its sandboxes replaced")
@@ -59,7 +61,7 @@ func (f *cpFlags) register(fs *flagSet, prefix string) {
 }
 
 func (f *cpFlags) config(log *slog.Logger) controlplane.Config {
-	return controlplane.Config{Listen: f.listen, DataDir: f.dataDir, Placement: f.placement,
+	return controlplane.Config{Listen: f.listen, DirigentListen: f.dirigentListen, DataDir: f.dataDir, Placement: f.placement,
 		HeartbeatInterval: f.hbInterval, HeartbeatTimeout: f.hbTimeout, AutoscaleInterval: f.tick,
 		IdleDrain: f.idleDrain, Logger: log.With("component", "controlplane")}
 }
@@ -147,7 +149,7 @@ func (f *workerFlags) register(fs *flagSet) {
 	fs.IntVar(&f.maxCreations, "max-creations", 0, "concurrent sandbox creations, the rest queue (default: process 16, fake 1024)")
 	fs.DurationVar(&f.fakeDelay, "fake-delay", 40*time.Millisecond, "fake runtime: emulated creation time")
 	fs.StringVar(&f.fakeListen, "fake-listen", "127.0.0.1:0", "fake runtime: address of the in-process function server")
-	fs.Var(&f.imageMap, "image-map", "process runtime: IMAGE=PATH runs executable PATH for image IMAGE (repeatable)")
+	fs.Var(&f.imageMap, "image-map", "process runtime: IMAGE=PATH runs executable PATH for image IMAGE (repeatable; Dirigent's workload images and \"workload\" map to the built-in workload function by default)")
 }
 
 // workers builds the worker (or, with n > 1 emulated workers of the fake
@@ -235,6 +237,16 @@ func (f *workerFlags) config(cp string, log *slog.Logger) (worker.Config, error)
 	}
 	cfg.Capacity = worker.Resources{CPUMillicores: f.cpu, MemoryMiB: f.memory, Sandboxes: int32(f.maxSandboxes)}
 	images := map[string]string{}
+	if f.runtime == "process" {
+		link, cleanup, err := workloadLink()
+		if err != nil {
+			return cfg, fmt.Errorf("worker: link the built-in workload function: %w", err)
+		}
+		cfg.Cleanup = cleanup
+		for _, img := range DefaultWorkloadImages {
+			images[img] = link
+		}
+	}
 	for _, kv := range f.imageMap {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" || !filepath.IsAbs(v) {

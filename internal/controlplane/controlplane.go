@@ -34,6 +34,7 @@ import (
 // Config configures a control plane. Zero fields take the defaults.
 type Config struct {
 	Listen            string        // gRPC API; default 127.0.0.1:9090
+	DirigentListen    string        // Dirigent-compatible registration HTTP API; "" disables it
 	DataDir           string        // holds baton.db when Store is nil
 	Store             store.Store   // default: bbolt at DataDir/baton.db
 	Placement         string        // random | round-robin | least-loaded | kubernetes (default)
@@ -81,6 +82,7 @@ type ControlPlane struct {
 	store   *store.Counting
 	ownsDB  bool
 	lis     net.Listener
+	dlis    net.Listener // the Dirigent front door, or nil
 	grpc    *grpc.Server
 	placer  placement.Policy
 	metrics metrics
@@ -147,6 +149,13 @@ func New(cfg Config) (*ControlPlane, error) {
 		cp.closeStore()
 		return nil, fmt.Errorf("control plane: listen %s: %w", cfg.Listen, err)
 	}
+	if cfg.DirigentListen != "" {
+		if cp.dlis, err = net.Listen("tcp", cfg.DirigentListen); err != nil {
+			cp.lis.Close()
+			cp.closeStore()
+			return nil, fmt.Errorf("control plane: listen %s (Dirigent front door): %w", cfg.DirigentListen, err)
+		}
+	}
 	cp.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
@@ -157,6 +166,14 @@ func New(cfg Config) (*ControlPlane, error) {
 
 // Addr is the bound gRPC address.
 func (cp *ControlPlane) Addr() string { return cp.lis.Addr().String() }
+
+// DirigentAddr is the bound address of the Dirigent front door, "" if off.
+func (cp *ControlPlane) DirigentAddr() string {
+	if cp.dlis == nil {
+		return ""
+	}
+	return cp.dlis.Addr().String()
+}
 
 // StoreWrites counts the writes that reached the store since New.
 func (cp *ControlPlane) StoreWrites() uint64 { return cp.store.Writes() }
@@ -174,6 +191,10 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	cp.goTracked(func() { serveErr <- cp.grpc.Serve(cp.lis) })
 	cp.goTracked(func() { cp.loop(ctx) })
+	if cp.dlis != nil {
+		cp.goTracked(func() { cp.serveDirigent(ctx, cp.dlis) })
+		cp.log.Info("Dirigent-compatible front door serving", "addr", cp.dlis.Addr().String())
+	}
 
 	var err error
 	select {

@@ -25,6 +25,7 @@ func freePort(t *testing.T) string {
 type upProc struct {
 	cmd      *exec.Cmd
 	dp, cp   string
+	dirigent string
 	workerID string
 }
 
@@ -32,9 +33,9 @@ type upProc struct {
 // says where it listens.
 func startUp(t *testing.T, dataDir, workerID string) *upProc {
 	t.Helper()
-	u := &upProc{dp: freePort(t), cp: freePort(t), workerID: workerID}
+	u := &upProc{dp: freePort(t), cp: freePort(t), dirigent: freePort(t), workerID: workerID}
 	u.cmd = exec.Command(bin(t, "baton"), "up", "--data-dir", dataDir, "--listen", u.dp, "--controlplane-listen", u.cp,
-		"--worker-id", workerID)
+		"--dirigent-listen", u.dirigent, "--worker-id", workerID)
 	u.cmd.Stderr = os.Stderr
 	if os.Getenv("BATON_TEST_LOG") == "" {
 		u.cmd.Stderr = nil

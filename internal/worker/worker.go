@@ -41,6 +41,7 @@ type Config struct {
 	Capacity     Resources
 	MaxCreations int           // concurrent creations; default 16
 	StopTimeout  time.Duration // to delete all sandboxes at shutdown; default 10s
+	Cleanup      func()        // called once the runtime is closed (files the caller made for it)
 	Logger       *slog.Logger
 }
 
@@ -157,6 +158,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopCtx, cancel := context.WithTimeout(context.Background(), w.cfg.StopTimeout)
 	defer cancel()
 	err := w.rt.Close(stopCtx)
+	if w.cfg.Cleanup != nil {
+		w.cfg.Cleanup()
+	}
 	if w.own {
 		w.conn.Close()
 	}
