@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -28,20 +29,31 @@ func reportLatencies(b *testing.B, lat []time.Duration, elapsed time.Duration) {
 }
 
 // BenchmarkColdStartBurstFake: one request to each of b.N functions at zero,
-// 100 in flight at a time, on the fake runtime (40 ms creation). The floor
-// is 40 ms per cold start; the rest is Baton.
+// 100 in flight at a time (BATON_BENCH_INFLIGHT), on the fake runtime (40 ms
+// creation). The floor is 40 ms per cold start; the rest is Baton.
 func BenchmarkColdStartBurstFake(b *testing.B) {
 	c := startCluster(b, clusterOpts{fake: true, memStore: true, queueLimit: 100000})
 	for i := range b.N {
 		c.deploy(b, &pb.FunctionSpec{Name: fmt.Sprintf("cold-%d", i), Image: "fake",
 			Scaling: &pb.ScalingSpec{ScaleToZeroGraceMs: 600_000}})
 	}
-	const inFlight = 100
+	inFlight := 100
+	if v, err := strconv.Atoi(os.Getenv("BATON_BENCH_INFLIGHT")); err == nil && v > 0 {
+		inFlight = v
+	}
 	lat := make([]time.Duration, b.N)
 	var next atomic.Int64
 	var failed atomic.Int64
 	var wg sync.WaitGroup
 	b.ReportAllocs()
+	if path := os.Getenv("BATON_BENCH_PROFILE"); path != "" { // the burst alone, without the set-up
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	b.ResetTimer()
 	start := time.Now()
 	for range inFlight {
