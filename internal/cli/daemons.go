@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/batonfaas/baton/internal/controlplane"
+	"github.com/batonfaas/baton/internal/cpclient"
 	"github.com/batonfaas/baton/internal/dataplane"
 	"github.com/batonfaas/baton/internal/sandbox"
 	"github.com/batonfaas/baton/internal/sandbox/fake"
@@ -177,7 +178,7 @@ func (f *workerFlags) workers(cp string, n int, log *slog.Logger) (ws []*worker.
 	if err != nil {
 		return nil, close, err
 	}
-	conn, err := worker.Dial(cp)
+	conn, err := cpclient.Dial(cp)
 	if err != nil {
 		srv.Close()
 		return nil, close, err
@@ -195,7 +196,7 @@ func (f *workerFlags) workers(cp string, n int, log *slog.Logger) (ws []*worker.
 			close()
 			return nil, func() {}, err
 		}
-		cfg.Conn = conn
+		cfg.Client = conn
 		delay := f.fakeDelay
 		if delay == 0 {
 			delay = -1

@@ -12,19 +12,30 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/cpclient"
 	"github.com/batonfaas/baton/internal/errdefs"
-	"github.com/batonfaas/baton/internal/worker"
 )
 
-func dialCP(addr string) (pb.ControlPlaneClient, func(), error) {
-	conn, err := worker.Dial(addr)
+// cpCall runs one call against the control plane at addrs (a
+// comma-separated list of replicas: the leader answers).
+func cpCall[T any](addrs string, timeout time.Duration, call func(context.Context, pb.ControlPlaneClient) (T, error)) (T, error) {
+	var zero T
+	c, err := cpclient.Dial(addrs)
 	if err != nil {
-		return nil, nil, err
+		return zero, err
 	}
-	return pb.NewControlPlaneClient(conn), func() { conn.Close() }, nil
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := cpclient.Do(ctx, c, call)
+	if err != nil {
+		return zero, rpcErr(addrs, err)
+	}
+	return out, nil
 }
 
 // rpcErr turns a gRPC error into one a user can read.
@@ -118,16 +129,11 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) error {
 		}
 		spec.Binary = abs
 	}
-	c, closeFn, err := dialCP(*cp)
+	resp, err := cpCall(*cp, 30*time.Second, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.DeployFunctionResponse, error) {
+		return c.DeployFunction(ctx, &pb.DeployFunctionRequest{Spec: spec})
+	})
 	if err != nil {
 		return err
-	}
-	defer closeFn()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	resp, err := c.DeployFunction(ctx, &pb.DeployFunctionRequest{Spec: spec})
-	if err != nil {
-		return rpcErr(*cp, err)
 	}
 	verb := "updated"
 	if resp.Created {
@@ -143,16 +149,11 @@ func cmdList(args []string, stdout, stderr io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	c, closeFn, err := dialCP(*cp)
+	resp, err := cpCall(*cp, 10*time.Second, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.ListFunctionsResponse, error) {
+		return c.ListFunctions(ctx, &pb.ListFunctionsRequest{})
+	})
 	if err != nil {
 		return err
-	}
-	defer closeFn()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.ListFunctions(ctx, &pb.ListFunctionsRequest{})
-	if err != nil {
-		return rpcErr(*cp, err)
 	}
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tGEN\tREADY\tPENDING\tDESIRED\tCONCURRENCY\tSOURCE\tLAST ERROR")
@@ -187,16 +188,11 @@ func cmdGet(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return exitError{2}
 	}
-	c, closeFn, err := dialCP(*cp)
+	f, err := cpCall(*cp, 10*time.Second, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.Function, error) {
+		return c.GetFunction(ctx, &pb.GetFunctionRequest{Name: pos[0]})
+	})
 	if err != nil {
 		return err
-	}
-	defer closeFn()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	f, err := c.GetFunction(ctx, &pb.GetFunctionRequest{Name: pos[0]})
-	if err != nil {
-		return rpcErr(*cp, err)
 	}
 	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(f)
 	if err != nil {
@@ -217,15 +213,10 @@ func cmdDelete(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return exitError{2}
 	}
-	c, closeFn, err := dialCP(*cp)
-	if err != nil {
+	if _, err := cpCall(*cp, 10*time.Second, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.DeleteFunctionResponse, error) {
+		return c.DeleteFunction(ctx, &pb.DeleteFunctionRequest{Name: pos[0]})
+	}); err != nil {
 		return err
-	}
-	defer closeFn()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := c.DeleteFunction(ctx, &pb.DeleteFunctionRequest{Name: pos[0]}); err != nil {
-		return rpcErr(*cp, err)
 	}
 	fmt.Fprintf(stdout, "function %s deleted\n", pos[0])
 	return nil
@@ -237,16 +228,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	c, closeFn, err := dialCP(*cp)
+	st, err := cpCall(*cp, 10*time.Second, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.ClusterStatus, error) {
+		return c.GetStatus(ctx, &pb.GetStatusRequest{})
+	})
 	if err != nil {
 		return err
-	}
-	defer closeFn()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := c.GetStatus(ctx, &pb.GetStatusRequest{})
-	if err != nil {
-		return rpcErr(*cp, err)
 	}
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "WORKERS (placement: %s)\n", st.PlacementPolicy)
@@ -334,14 +320,9 @@ func cmdInvoke(args []string, stdout, stderr io.Writer) error {
 // findDataPlane asks the control plane for a data plane's address.
 func findDataPlane(cp string) string {
 	const fallback = "127.0.0.1:8080"
-	c, closeFn, err := dialCP(cp)
-	if err != nil {
-		return fallback
-	}
-	defer closeFn()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	st, err := c.GetStatus(ctx, &pb.GetStatusRequest{})
+	st, err := cpCall(cp, 2*time.Second, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.ClusterStatus, error) {
+		return c.GetStatus(ctx, &pb.GetStatusRequest{})
+	})
 	if err != nil {
 		return fallback
 	}
@@ -353,4 +334,60 @@ func findDataPlane(cp string) string {
 		}
 	}
 	return fallback
+}
+
+// dialCP connects to the control plane at addrs (one address or a
+// comma-separated list of replicas) and returns a client for the replica
+// that answers first as the leader, with a function closing it. Long
+// running commands (baton load) use it; one-shot ones use cpCall.
+func dialCP(addrs string) (pb.ControlPlaneClient, func(), error) {
+	c, err := cpclient.Dial(addrs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return leaderClient{c}, c.Close, nil
+}
+
+// leaderClient sends every unary call through cpclient.Do, so it follows the
+// leader across a fail-over.
+type leaderClient struct{ c *cpclient.Client }
+
+func (l leaderClient) DeployFunction(ctx context.Context, in *pb.DeployFunctionRequest, opts ...grpc.CallOption) (*pb.DeployFunctionResponse, error) {
+	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.DeployFunctionResponse, error) {
+		return c.DeployFunction(ctx, in, opts...)
+	})
+}
+
+func (l leaderClient) GetFunction(ctx context.Context, in *pb.GetFunctionRequest, opts ...grpc.CallOption) (*pb.Function, error) {
+	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.Function, error) {
+		return c.GetFunction(ctx, in, opts...)
+	})
+}
+
+func (l leaderClient) ListFunctions(ctx context.Context, in *pb.ListFunctionsRequest, opts ...grpc.CallOption) (*pb.ListFunctionsResponse, error) {
+	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.ListFunctionsResponse, error) {
+		return c.ListFunctions(ctx, in, opts...)
+	})
+}
+
+func (l leaderClient) DeleteFunction(ctx context.Context, in *pb.DeleteFunctionRequest, opts ...grpc.CallOption) (*pb.DeleteFunctionResponse, error) {
+	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.DeleteFunctionResponse, error) {
+		return c.DeleteFunction(ctx, in, opts...)
+	})
+}
+
+func (l leaderClient) GetStatus(ctx context.Context, in *pb.GetStatusRequest, opts ...grpc.CallOption) (*pb.ClusterStatus, error) {
+	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.ClusterStatus, error) {
+		return c.GetStatus(ctx, in, opts...)
+	})
+}
+
+func (l leaderClient) WorkerSession(ctx context.Context, opts ...grpc.CallOption) (pb.ControlPlane_WorkerSessionClient, error) {
+	c, _ := l.c.Current()
+	return c.WorkerSession(ctx, opts...)
+}
+
+func (l leaderClient) DataPlaneSession(ctx context.Context, opts ...grpc.CallOption) (pb.ControlPlane_DataPlaneSessionClient, error) {
+	c, _ := l.c.Current()
+	return c.DataPlaneSession(ctx, opts...)
 }

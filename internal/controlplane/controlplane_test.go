@@ -288,7 +288,9 @@ func TestWorkerDownReplacesSandboxes(t *testing.T) {
 		m := workersOf(dp.endpoints("f"))
 		return m["a"] == 0 && m["b"] == 4
 	})
-	if el := time.Since(start); el > 400*time.Millisecond+500*time.Millisecond {
+	// The bound is loose (shared machines); it still tells a replacement
+	// triggered by the heartbeat timeout from none at all.
+	if el := time.Since(start); el > 400*time.Millisecond+3*time.Second {
 		t.Fatalf("replacement took %s with a 400ms heartbeat timeout", el)
 	}
 	if n := len(b.sandboxes()); n != 4 {

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
 	"github.com/batonfaas/baton/internal/controlplane"
 	"github.com/batonfaas/baton/internal/dataplane"
@@ -174,7 +177,7 @@ func startCluster(t testing.TB, o clusterOpts) *cluster {
 		c.workers = append(c.workers, w)
 		c.goRun(func() { w.Run(ctx) })
 	}
-	conn, err := worker.Dial(c.cp.Addr())
+	conn, err := grpc.NewClient(c.cp.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

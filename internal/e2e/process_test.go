@@ -137,9 +137,9 @@ func TestQueueFull503AndTimeout504(t *testing.T) {
 
 	results := make(chan answer, 3)
 	go func() { results <- c.invoke(t, "slow", "/?sleep=1000") }() // occupies the only slot
-	time.Sleep(100 * time.Millisecond)
+	waitFor(t, 5*time.Second, "one request in flight", func() bool { st, _ := c.dp.Stats("slow"); return st.InFlight == 1 })
 	go func() { results <- c.invoke(t, "slow", "/?sleep=10") }() // waits in the queue (limit 1)
-	time.Sleep(100 * time.Millisecond)
+	waitFor(t, 5*time.Second, "one request queued", func() bool { st, _ := c.dp.Stats("slow"); return st.Queued == 1 })
 	c.invoke(t, "slow", "/").want(t, 503, "queue full")
 	got := map[int]int{}
 	for range 2 {

@@ -19,11 +19,8 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/keepalive"
-
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/cpclient"
 	"github.com/batonfaas/baton/internal/sandbox"
 )
 
@@ -31,10 +28,10 @@ import (
 type Config struct {
 	ID           string // default: the hostname
 	Hostname     string // default: os.Hostname
-	ControlPlane string // gRPC address; default 127.0.0.1:9090
-	// Conn, when set, is used instead of dialling ControlPlane (emulated
-	// workers in one process share one connection).
-	Conn *grpc.ClientConn
+	ControlPlane string // gRPC address, or a comma-separated list of replicas; default 127.0.0.1:9090
+	// Client, when set, is used instead of dialling ControlPlane (emulated
+	// workers in one process share one).
+	Client *cpclient.Client
 	// NewRuntime builds the runtime; the worker passes the function through
 	// which the runtime reports exits.
 	NewRuntime   func(onExit sandbox.ExitFunc) (sandbox.Runtime, error)
@@ -57,8 +54,8 @@ type Worker struct {
 	cfg  Config
 	log  *slog.Logger
 	rt   sandbox.Runtime
-	conn *grpc.ClientConn
-	own  bool // conn is ours to close
+	cpc  *cpclient.Client
+	own  bool // cpc is ours to close
 	sem  chan struct{}
 
 	mu        sync.Mutex
@@ -108,9 +105,9 @@ func New(cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("worker %s: runtime: %w", cfg.ID, err)
 	}
 	w.rt = rt
-	w.conn = cfg.Conn
-	if w.conn == nil {
-		w.conn, err = Dial(cfg.ControlPlane)
+	w.cpc = cfg.Client
+	if w.cpc == nil {
+		w.cpc, err = cpclient.Dial(cfg.ControlPlane)
 		if err != nil {
 			rt.Close(context.Background())
 			return nil, fmt.Errorf("worker %s: %w", cfg.ID, err)
@@ -120,39 +117,44 @@ func New(cfg Config) (*Worker, error) {
 	return w, nil
 }
 
-// Dial opens a gRPC connection to the control plane at addr.
-func Dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
-	)
-}
-
 // ID is the worker's id.
 func (w *Worker) ID() string { return w.cfg.ID }
 
 // Runtime is the worker's sandbox runtime.
 func (w *Worker) Runtime() sandbox.Runtime { return w.rt }
 
-// Run keeps a session to the control plane open until ctx is done, then
-// deletes every sandbox and returns.
+// Run keeps a session to the control plane (its leader, among replicas)
+// open until ctx is done, then deletes every sandbox and returns. After a
+// session breaks it tries the replicas in turn, quickly at first (a
+// fail-over is quick), then backing off.
 func (w *Worker) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	cl, i := w.cpc.Current()
+	failures := 0
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := w.runSession(ctx)
+		err := w.runSession(ctx, cl)
 		if ctx.Err() != nil {
 			break
 		}
 		if time.Since(start) > 5*time.Second {
-			backoff = 100 * time.Millisecond
+			failures = 0
 		}
-		w.log.Warn("control-plane session ended; reconnecting", "err", err, "in", backoff)
+		failures++
+		delay := 20 * time.Millisecond
+		if rounds := failures / len(w.cpc.Addrs()); rounds > 0 {
+			delay = min(100*time.Millisecond<<min(rounds-1, 5), 2*time.Second)
+		}
+		var addr string
+		cl, i, addr = w.cpc.Next(i)
+		if failures == 1 {
+			w.log.Warn("control-plane session ended; reconnecting", "err", err, "next", addr)
+		} else {
+			w.log.Debug("control-plane session failed", "err", err, "next", addr, "in", delay)
+		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff):
+		case <-time.After(delay):
 		}
-		backoff = min(backoff*2, 2*time.Second)
 	}
 	w.wg.Wait()
 	stopCtx, cancel := context.WithTimeout(context.Background(), w.cfg.StopTimeout)
@@ -162,7 +164,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.cfg.Cleanup()
 	}
 	if w.own {
-		w.conn.Close()
+		w.cpc.Close()
 	}
 	w.log.Info("worker stopped")
 	return err
@@ -188,10 +190,10 @@ func (s *session) send(m *pb.WorkerMessage) {
 	}
 }
 
-func (w *Worker) runSession(ctx context.Context) error {
+func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := pb.NewControlPlaneClient(w.conn).WorkerSession(ctx)
+	stream, err := cl.WorkerSession(ctx)
 	if err != nil {
 		return err
 	}
