@@ -42,6 +42,7 @@ type Config struct {
 	HeartbeatTimeout  time.Duration // a worker silent this long is down; default 3s
 	AutoscaleInterval time.Duration // autoscaler tick; default 2s
 	IdleDrain         time.Duration // delay before deleting an idle function's removed sandbox; default 1s
+	ReplicaID         string        // this replica's name (replicated stores)
 	Logger            *slog.Logger
 	Now               func() time.Time // clock; default time.Now
 }
@@ -88,6 +89,11 @@ type ControlPlane struct {
 	metrics metrics
 
 	writeMu sync.Mutex // serialises registry writes
+
+	lead        Leadership  // nil: a single control plane, always the leader
+	leading     atomic.Bool // this replica acts as the control plane
+	leaderSince time.Time   // guarded by mu
+	fwd         forwarder
 
 	mu          sync.Mutex
 	functions   map[string]*function
@@ -140,7 +146,9 @@ func New(cfg Config) (*ControlPlane, error) {
 		st, cp.ownsDB = b, true
 	}
 	cp.store = store.NewCounting(st)
-	if err := cp.loadFunctions(context.Background()); err != nil {
+	if l, ok := st.(Leadership); ok {
+		cp.lead = l // functions are loaded on becoming the leader
+	} else if err := cp.loadFunctions(context.Background()); err != nil {
 		cp.closeStore()
 		return nil, err
 	}
@@ -157,6 +165,8 @@ func New(cfg Config) (*ControlPlane, error) {
 		}
 	}
 	cp.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(cp.unaryGuard),
+		grpc.ChainStreamInterceptor(cp.streamGuard),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 	)
@@ -191,6 +201,9 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	cp.goTracked(func() { serveErr <- cp.grpc.Serve(cp.lis) })
 	cp.goTracked(func() { cp.loop(ctx) })
+	if cp.lead != nil {
+		cp.goTracked(func() { cp.watchLeadership(ctx) })
+	}
 	if cp.dlis != nil {
 		cp.goTracked(func() { cp.serveDirigent(ctx, cp.dlis) })
 		cp.log.Info("Dirigent-compatible front door serving", "addr", cp.dlis.Addr().String())
@@ -212,6 +225,7 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 		cp.grpc.Stop()
 	}
 	cp.wg.Wait()
+	cp.closeForwarder()
 	cp.closeStore()
 	cp.log.Info("control plane stopped")
 	return err

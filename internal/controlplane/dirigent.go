@@ -44,9 +44,15 @@ func (cp *ControlPlane) dirigentHandler() http.Handler {
 
 func (cp *ControlPlane) dirigentCheck(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Query().Get("name")
-	cp.mu.Lock()
-	_, ok := cp.functions[name]
-	cp.mu.Unlock()
+	var ok bool
+	if cp.isLeader() {
+		cp.mu.Lock()
+		_, ok = cp.functions[name]
+		cp.mu.Unlock()
+	} else { // a follower answers from its replica of the registry
+		_, err := cp.store.Get(r.Context(), name)
+		ok = err == nil && ValidName(name) == nil
+	}
 	if !ok {
 		http.Error(w, fmt.Sprintf("function %q is not registered", name), http.StatusNotFound)
 		return
@@ -67,7 +73,17 @@ func (cp *ControlPlane) dirigentRegister(w http.ResponseWriter, r *http.Request)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	if _, _, err := cp.deploy(ctx, spec); err != nil {
+	var addrs []string
+	deploy := func() (err error) {
+		if _, _, err = cp.deploy(ctx, spec); err == nil {
+			addrs = cp.dataPlaneAddrs()
+		}
+		return err
+	}
+	if !cp.isLeader() { // any replica takes registrations: forward to the leader
+		deploy = func() (err error) { addrs, err = cp.forwardDeploy(ctx, spec); return err }
+	}
+	if err := deploy(); err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, errdefs.ErrInvalid) {
 			code = http.StatusBadRequest
@@ -75,7 +91,7 @@ func (cp *ControlPlane) dirigentRegister(w http.ResponseWriter, r *http.Request)
 		http.Error(w, err.Error(), code)
 		return
 	}
-	addrs := cp.dataPlaneAddrs()
+	sort.Strings(addrs)
 	if len(addrs) == 0 {
 		// One tool uses the body as is: an empty one would fail every later
 		// invocation silently. Say why instead.

@@ -151,6 +151,9 @@ func scalingSpec(c autoscaler.Config) *pb.ScalingSpec {
 // loadFunctions reads every stored definition.
 func (cp *ControlPlane) loadFunctions(ctx context.Context) error {
 	return cp.store.List(ctx, func(key string, value []byte) error {
+		if strings.HasPrefix(key, memberPrefix) {
+			return nil
+		}
 		var f pb.Function
 		if err := proto.Unmarshal(value, &f); err != nil {
 			return fmt.Errorf("decode function %q: %w", key, err)

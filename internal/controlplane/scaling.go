@@ -112,6 +112,9 @@ func (cp *ControlPlane) reconcile(fn *function) {
 			}
 		}
 	case fn.desired < have:
+		if cp.holdScaleDown(fn) {
+			return // a new leader does not shrink until it knows what runs
+		}
 		excess := have - fn.desired
 		// Pending ones first: they serve nobody yet.
 		for _, sb := range fn.sandboxes {
