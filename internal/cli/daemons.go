@@ -23,6 +23,7 @@ import (
 	"github.com/batonfaas/baton/internal/sandbox"
 	"github.com/batonfaas/baton/internal/sandbox/fake"
 	"github.com/batonfaas/baton/internal/sandbox/process"
+	"github.com/batonfaas/baton/internal/store/raftstore"
 	"github.com/batonfaas/baton/internal/worker"
 )
 
@@ -49,6 +50,7 @@ type cpFlags struct {
 	hbInterval, hbTimeout, tick time.Duration
 	idleDrain                   time.Duration
 	dirigentListen              string
+	rebuildGrace                time.Duration
 }
 
 func (f *cpFlags) register(fs *flagSet, prefix string) {
@@ -59,30 +61,63 @@ func (f *cpFlags) register(fs *flagSet, prefix string) {
 	fs.DurationVar(&f.hbTimeout, "heartbeat-timeout", 3*time.Second, "a worker silent this long is marked down and its sandboxes replaced")
 	fs.DurationVar(&f.tick, "autoscale-interval", 2*time.Second, "how often the autoscaler decides")
 	fs.DurationVar(&f.idleDrain, "idle-drain", time.Second, "delay before an idle function's removed sandbox is deleted")
+	fs.DurationVar(&f.rebuildGrace, "rebuild-grace", 200*time.Millisecond, "replicated: how long a new leader waits for workers to report what they run before sending data planes their tables")
 }
 
 func (f *cpFlags) config(log *slog.Logger) controlplane.Config {
 	return controlplane.Config{Listen: f.listen, DirigentListen: f.dirigentListen, DataDir: f.dataDir, Placement: f.placement,
 		HeartbeatInterval: f.hbInterval, HeartbeatTimeout: f.hbTimeout, AutoscaleInterval: f.tick,
-		IdleDrain: f.idleDrain, Logger: log.With("component", "controlplane")}
+		IdleDrain: f.idleDrain, RebuildGrace: f.rebuildGrace, Logger: log.With("component", "controlplane")}
 }
 
 func cmdControlPlane(args []string, stderr io.Writer) error {
 	fs := newFlagSet("controlplane", "controlplane [flags]", stderr)
 	var f cpFlags
 	f.register(fs, "")
-	fs.StringVar(&f.dataDir, "data-dir", defaultDataDir(), "directory of the function registry (bbolt)")
+	fs.StringVar(&f.dataDir, "data-dir", defaultDataDir(), "directory of the function registry (bbolt, or the raft log and snapshots)")
+	id := fs.String("id", "", "this replica's name (replicated control plane)")
+	raftListen := fs.String("raft-listen", "", "this replica's raft address (replicated control plane)")
+	raftPeers := fs.String("raft-peers", "", "NAME=RAFTADDR,... of every replica, this one included: runs a replicated control plane (3 or 5 replicas)")
 	log, err := fs.parseDaemon(args)
 	if err != nil {
 		return err
 	}
-	cp, err := controlplane.New(f.config(log))
+	cfg := f.config(log)
+	if *raftPeers != "" {
+		rs, err := openRaftStore(*id, f.dataDir, *raftListen, *raftPeers, log)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		cfg.Store, cfg.ReplicaID = rs, *id
+	}
+	cp, err := controlplane.New(cfg)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signalContext(log)
 	defer stop()
 	return cp.Run(ctx)
+}
+
+// openRaftStore opens this replica of the replicated registry.
+func openRaftStore(id, dataDir, listen, peers string, log *slog.Logger) (*raftstore.Store, error) {
+	if id == "" || listen == "" {
+		return nil, fmt.Errorf("a replicated control plane needs --id and --raft-listen as well as --raft-peers")
+	}
+	m := map[string]string{}
+	for _, kv := range strings.Split(peers, ",") {
+		name, addr, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || name == "" || addr == "" {
+			return nil, fmt.Errorf("--raft-peers %q: want NAME=HOST:PORT,...", kv)
+		}
+		m[name] = addr
+	}
+	if _, ok := m[id]; !ok {
+		return nil, fmt.Errorf("--raft-peers does not name this replica (--id %s)", id)
+	}
+	return raftstore.Open(raftstore.Config{ID: id, DataDir: dataDir, Bind: listen, Peers: m,
+		Logger: log.With("component", "raft")})
 }
 
 // ---- data plane ------------------------------------------------------------

@@ -42,9 +42,13 @@ type Config struct {
 	HeartbeatTimeout  time.Duration // a worker silent this long is down; default 3s
 	AutoscaleInterval time.Duration // autoscaler tick; default 2s
 	IdleDrain         time.Duration // delay before deleting an idle function's removed sandbox; default 1s
-	ReplicaID         string        // this replica's name (replicated stores)
-	Logger            *slog.Logger
-	Now               func() time.Time // clock; default time.Now
+	// RebuildGrace is how long a new leader gives workers to reconnect and
+	// report what they run before it sends data planes their tables (which
+	// they serve from meanwhile); default 200ms.
+	RebuildGrace time.Duration
+	ReplicaID    string // this replica's name (replicated stores)
+	Logger       *slog.Logger
+	Now          func() time.Time // clock; default time.Now
 }
 
 func (c *Config) setDefaults() {
@@ -65,6 +69,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.IdleDrain <= 0 {
 		c.IdleDrain = time.Second
+	}
+	if c.RebuildGrace <= 0 {
+		c.RebuildGrace = 200 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -104,7 +111,6 @@ type ControlPlane struct {
 	downWorkers map[string]struct{}  // declared down since they last connected
 	nodes       []placement.Node     // scratch for placement
 	nodeWorkers []*worker
-	rebuilding  bool
 	lastEpoch   uint64
 	routeSeq    uint64
 

@@ -167,6 +167,28 @@ func (cp *ControlPlane) resetSoftState() {
 	cp.downWorkers = make(map[string]struct{})
 }
 
+// rebuilding reports whether this replica became the leader less than the
+// rebuild grace ago. cp.mu held.
+func (cp *ControlPlane) rebuilding(now time.Time) bool {
+	return cp.lead != nil && now.Before(cp.leaderSince.Add(cp.cfg.RebuildGrace))
+}
+
+// awaitRebuild delays a data plane's first snapshot until the rebuild grace
+// has passed, so that its table is not emptied of sandboxes whose workers
+// have not reconnected yet.
+func (cp *ControlPlane) awaitRebuild(ctx context.Context) {
+	cp.mu.Lock()
+	wait := cp.leaderSince.Add(cp.cfg.RebuildGrace).Sub(cp.cfg.Now())
+	cp.mu.Unlock()
+	if cp.lead == nil || wait <= 0 {
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(wait):
+	}
+}
+
 // holdScaleDown reports whether fn may not shrink yet: for one stable
 // window after this replica became the leader, while workers report what
 // they run. cp.mu held.

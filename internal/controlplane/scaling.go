@@ -93,9 +93,6 @@ func (cp *ControlPlane) scaleRequest(fn *function, queued, inFlight int32, now t
 // reconcile creates or removes sandboxes of fn's current generation until
 // pending+ready equals the desired scale.
 func (cp *ControlPlane) reconcile(fn *function) {
-	if cp.rebuilding {
-		return // no changes while the picture of what runs is incomplete
-	}
 	pending, ready := fn.counts()
 	have := pending + ready
 	switch {
@@ -107,6 +104,10 @@ func (cp *ControlPlane) reconcile(fn *function) {
 		}
 		for i := have; i < fn.desired; i++ {
 			if err := cp.createSandbox(fn); err != nil {
+				if cp.rebuilding(now) { // workers are still reconnecting to a new leader
+					cp.scheduleRetry(fn, 20*time.Millisecond)
+					return
+				}
 				cp.creationFailed(fn, err.Error())
 				return
 			}

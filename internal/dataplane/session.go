@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,38 +29,52 @@ const (
 	maxRouteMsg = 256 << 20
 )
 
-// runSessions keeps a session open until ctx is done.
+// runSessions keeps a session open until ctx is done. ControlPlane may list
+// several replicas (comma-separated): after a failure the next one is tried
+// at once (a follower refuses the session; a fail-over is quick), and only
+// after a whole round of failures does the delay grow.
 func (d *DataPlane) runSessions(ctx context.Context) {
+	addrs := strings.Split(d.cfg.ControlPlane, ",")
 	delay := minBackoff
-	for {
-		established, err := d.session(ctx)
+	failingSince := time.Now()
+	for i := 0; ; i = (i + 1) % len(addrs) {
+		addr := strings.TrimSpace(addrs[i])
+		established, err := d.session(ctx, addr)
 		if ctx.Err() != nil {
 			return
 		}
 		if established {
 			delay = minBackoff
-			d.log.Warn("control plane session lost; serving from the routing table", "controlplane", d.cfg.ControlPlane, "err", err)
+			failingSince = time.Now()
+			d.log.Warn("control plane session lost; serving from the routing table", "controlplane", addr, "err", err)
 		} else if errors.Is(err, ErrStaleEpoch) {
 			// The control plane should pick an epoch above our last_epoch.
-			d.log.Warn("control plane sent a stale snapshot", "controlplane", d.cfg.ControlPlane, "err", err, "retry_in", delay)
+			d.log.Warn("control plane sent a stale snapshot", "controlplane", addr, "err", err, "retry_in", delay)
 		} else {
-			d.log.Debug("control plane session failed", "controlplane", d.cfg.ControlPlane, "err", err, "retry_in", delay)
+			d.log.Debug("control plane session failed", "controlplane", addr, "err", err, "retry_in", delay)
 		}
-		t := time.NewTimer(delay)
+		// The next replica at once; a fail-over takes a few hundred
+		// milliseconds, so keep retrying quickly for a while before backing
+		// off.
+		wait := 20 * time.Millisecond
+		if (i+1)%len(addrs) == 0 && !established && time.Since(failingSince) > 3*time.Second {
+			wait = delay
+			delay = min(2*delay, maxBackoff)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
-		delay = min(2*delay, maxBackoff)
 	}
 }
 
 // session runs one session until the stream breaks or ctx is done.
 // established says whether the first snapshot was applied.
-func (d *DataPlane) session(ctx context.Context) (established bool, err error) {
-	conn, err := grpc.NewClient(d.cfg.ControlPlane,
+func (d *DataPlane) session(ctx context.Context, addr string) (established bool, err error) {
+	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRouteMsg)))
 	if err != nil {
@@ -91,7 +106,7 @@ func (d *DataPlane) session(ctx context.Context) (established bool, err error) {
 	if err := d.rt.applyRoutes(first); err != nil {
 		return false, fmt.Errorf("apply snapshot: %w", err)
 	}
-	d.log.Info("control plane session established", "controlplane", d.cfg.ControlPlane,
+	d.log.Info("control plane session established", "controlplane", addr,
 		"epoch", first.GetEpoch(), "functions", len(first.GetFunctions()))
 	d.rt.markWaiting()
 	acks := newAcker(first)

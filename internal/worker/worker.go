@@ -51,12 +51,12 @@ type Resources struct {
 
 // Worker is one node agent.
 type Worker struct {
-	cfg  Config
-	log  *slog.Logger
-	rt   sandbox.Runtime
-	cpc  *cpclient.Client
-	own  bool // cpc is ours to close
-	sem  chan struct{}
+	cfg Config
+	log *slog.Logger
+	rt  sandbox.Runtime
+	cpc *cpclient.Client
+	own bool // cpc is ours to close
+	sem chan struct{}
 
 	mu        sync.Mutex
 	sandboxes map[string]*entry
@@ -130,19 +130,22 @@ func (w *Worker) Runtime() sandbox.Runtime { return w.rt }
 func (w *Worker) Run(ctx context.Context) error {
 	cl, i := w.cpc.Current()
 	failures := 0
+	var failingSince time.Time
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := w.runSession(ctx, cl)
 		if ctx.Err() != nil {
 			break
 		}
-		if time.Since(start) > 5*time.Second {
-			failures = 0
+		if time.Since(start) > 5*time.Second || failures == 0 {
+			failures, failingSince = 0, time.Now()
 		}
 		failures++
-		delay := 20 * time.Millisecond
-		if rounds := failures / len(w.cpc.Addrs()); rounds > 0 {
-			delay = min(100*time.Millisecond<<min(rounds-1, 5), 2*time.Second)
+		// A fail-over takes a few hundred milliseconds: retry quickly for
+		// a while, then back off.
+		delay := 25 * time.Millisecond
+		if over := time.Since(failingSince) - 3*time.Second; over > 0 {
+			delay = min(100*time.Millisecond+over/4, 2*time.Second)
 		}
 		var addr string
 		cl, i, addr = w.cpc.Next(i)

@@ -1,0 +1,289 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/cpclient"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chaos tests need root (process sandboxes, network namespaces), and CI=true forbids skipping them")
+	}
+	t.Skip("skipped: chaos tests need root (run as root, or CI=true to make this a failure)")
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func bin(t *testing.T, name string) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "baton-chaos-bin-")
+		if buildErr != nil {
+			return
+		}
+		for out, pkg := range map[string]string{"baton": "../../cmd/baton", "hello": "../../examples/hello"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, out), pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if b, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, name)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is one baton daemon running as its own process.
+type proc struct {
+	name string
+	args []string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, args: args}
+	p.start(t)
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+func (p *proc) start(t *testing.T) {
+	t.Helper()
+	p.cmd = exec.Command(bin(t, "baton"), p.args...)
+	p.cmd.Args[0] = "baton-" + p.name // visible in ps
+	p.cmd.Path = bin(t, "baton")
+	if os.Getenv("BATON_TEST_LOG") != "" {
+		p.cmd.Stderr = prefixWriter{p.name, os.Stderr}
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.done = make(chan struct{})
+	go func() { p.cmd.Wait(); close(p.done) }()
+}
+
+func (p *proc) kill() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// stop sends SIGTERM and waits for the exit.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s did not stop within 20s of SIGTERM", p.name)
+	}
+}
+
+type prefixWriter struct {
+	name string
+	w    io.Writer
+}
+
+func (p prefixWriter) Write(b []byte) (int, error) {
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		fmt.Fprintf(p.w, "[%s] %s\n", p.name, l)
+	}
+	return len(b), nil
+}
+
+// replicas is a replicated control plane of n processes.
+type replicas struct {
+	procs []*proc
+	addrs []string
+}
+
+func (r *replicas) list() string { return strings.Join(r.addrs, ",") }
+
+func startReplicas(t *testing.T, n int) *replicas {
+	t.Helper()
+	r := &replicas{}
+	var peers []string
+	rafts := make([]string, n)
+	for i := range n {
+		rafts[i] = freeAddr(t)
+		peers = append(peers, fmt.Sprintf("cp%d=%s", i, rafts[i]))
+		r.addrs = append(r.addrs, freeAddr(t))
+	}
+	base := t.TempDir()
+	for i := range n {
+		r.procs = append(r.procs, start(t, fmt.Sprintf("cp%d", i), "controlplane", "--id", fmt.Sprintf("cp%d", i),
+			"--listen", r.addrs[i], "--dirigent-listen", "", "--raft-listen", rafts[i], "--raft-peers", strings.Join(peers, ","),
+			"--data-dir", filepath.Join(base, fmt.Sprintf("cp%d", i)), "--heartbeat-interval", "200ms", "--heartbeat-timeout", "1s",
+			"--autoscale-interval", "500ms", "--log-level", "debug"))
+	}
+	return r
+}
+
+// leader returns the index of the replica that answers as the leader, or -1.
+func (r *replicas) leader() int {
+	for i, a := range r.addrs {
+		if r.procs[i].cmd.ProcessState != nil {
+			continue
+		}
+		conn, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, err = pb.NewControlPlaneClient(conn).GetStatus(ctx, &pb.GetStatusRequest{})
+		cancel()
+		conn.Close()
+		if err == nil {
+			return i
+		}
+	}
+	return -1
+}
+
+func (r *replicas) client(t *testing.T) *cpclient.Client {
+	t.Helper()
+	c, err := cpclient.Dial(r.list())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("timed out after %s waiting for: %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func deploy(t *testing.T, c *cpclient.Client, spec *pb.FunctionSpec) {
+	t.Helper()
+	_, err := cpclient.Do(context.Background(), c, func(ctx context.Context, cl pb.ControlPlaneClient) (*pb.DeployFunctionResponse, error) {
+		return cl.DeployFunction(ctx, &pb.DeployFunctionRequest{Spec: spec})
+	})
+	if err != nil {
+		t.Fatalf("deploy %s: %v", spec.Name, err)
+	}
+}
+
+func status(t *testing.T, c *cpclient.Client) *pb.ClusterStatus {
+	t.Helper()
+	st, err := cpclient.Do(context.Background(), c, func(ctx context.Context, cl pb.ControlPlaneClient) (*pb.ClusterStatus, error) {
+		return cl.GetStatus(ctx, &pb.GetStatusRequest{})
+	})
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	return st
+}
+
+var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+// invoke sends one request for fn to the data plane at dp.
+func invoke(dp, fn string) (int, string, error) {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+dp+"/", nil)
+	req.Host = fn
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return resp.StatusCode, "", fmt.Errorf("%s", strings.TrimSpace(string(b)))
+	}
+	return resp.StatusCode, resp.Header.Get("X-Baton-Cold-Start"), nil
+}
+
+// load sends requests for fn to the data planes in turn, one at a time,
+// until stopped, counting successes and failures.
+type load struct {
+	ok, failed atomic.Int64
+	lastErr    atomic.Value
+	stop       chan struct{}
+	done       chan struct{}
+}
+
+func startLoad(dps []string, fn string, every time.Duration) *load {
+	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for i := 0; ; i++ {
+			select {
+			case <-l.stop:
+				return
+			case <-time.After(every):
+			}
+			code, _, err := invoke(dps[i%len(dps)], fn)
+			if err != nil || code != 200 {
+				l.failed.Add(1)
+				l.lastErr.Store(fmt.Sprintf("%d %v", code, err))
+			} else {
+				l.ok.Add(1)
+			}
+		}
+	}()
+	return l
+}
+
+func (l *load) end() (ok, failed int64) {
+	close(l.stop)
+	<-l.done
+	return l.ok.Load(), l.failed.Load()
+}
