@@ -27,6 +27,7 @@ Functions:
   baton fn list | get NAME | delete NAME
   baton invoke NAME [-d DATA]
   baton status
+  baton load trace|rps|closed [flags]   load generator: trace replay, fixed rate, closed loop
 
 Run "baton COMMAND -h" for a command's flags.
 The CLI finds the control plane through --controlplane ADDR or BATON_CONTROLPLANE (default 127.0.0.1:9090).
@@ -75,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return cmdInvoke(rest, stdout, stderr)
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
+	case "load":
+		return cmdLoad(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
