@@ -11,8 +11,19 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc)
+command -v ip >/dev/null || need_apt+=(iproute2)         # the chaos tests' network namespaces
+command -v nsenter >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The containerd runtime's tests: containerd, runc, the CNI plugins and a
+# registry, started from a temporary directory and stopped on exit.
+if [ "$(id -u)" = 0 ]; then
+  scripts/containerd.sh install
+  ctr_dir=$(mktemp -d /tmp/baton-ctr.XXXXXX)
+  trap 'scripts/containerd.sh stop "$ctr_dir"' EXIT
+  eval "$(scripts/containerd.sh start "$ctr_dir")" # exports BATON_CONTAINERD_SOCKET, BATON_REGISTRY
 fi
 
 echo "== go mod download"

@@ -29,6 +29,10 @@ Functions:
   baton status
   baton load trace|rps|closed [flags]   load generator: trace replay, fixed rate, closed loop
 
+Images:
+  baton image build --binary PATH --tag REF [--push] [--output FILE.tar]   a one-layer OCI image of a static executable
+  baton image import FILE.tar [--containerd-socket PATH]                  load an image archive into a worker's containerd
+
 Run "baton COMMAND -h" for a command's flags.
 The CLI finds the control plane through --controlplane ADDR or BATON_CONTROLPLANE (default 127.0.0.1:9090).
 `
@@ -76,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return cmdInvoke(rest, stdout, stderr)
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
+	case "image":
+		return cmdImage(rest, stdout, stderr)
 	case "load":
 		return cmdLoad(rest, stdout, stderr)
 	case "help", "-h", "--help":

@@ -173,19 +173,21 @@ type workerFlags struct {
 	emulate                    int
 	fakeListen                 string
 	imageMap                   multiFlag
+	ctr                        containerdFlags
 }
 
 func (f *workerFlags) register(fs *flagSet) {
 	fs.StringVar(&f.id, "worker-id", "", "worker id (default: the hostname)")
-	fs.StringVar(&f.runtime, "runtime", "process", "sandbox runtime: process or fake")
+	fs.StringVar(&f.runtime, "runtime", "process", "sandbox runtime: process, containerd or fake")
 	fs.StringVar(&f.host, "sandbox-host", "127.0.0.1", "IP that process sandboxes listen on and are reached at")
 	fs.Int64Var(&f.cpu, "cpu", 0, "CPU capacity in millicores offered to sandboxes (default: process 8x the cores, fake 1,000,000)")
 	fs.Int64Var(&f.memory, "memory", 0, "memory capacity in MiB offered to sandboxes (default: process the machine's memory, fake 4 TiB)")
 	fs.IntVar(&f.maxSandboxes, "max-sandboxes", 0, "most sandboxes at once (0: no limit but cpu and memory)")
-	fs.IntVar(&f.maxCreations, "max-creations", 0, "concurrent sandbox creations, the rest queue (default: process 16, fake 1024)")
+	fs.IntVar(&f.maxCreations, "max-creations", 0, "concurrent sandbox creations, the rest queue (default: process 16, containerd 4, fake 1024)")
 	fs.DurationVar(&f.fakeDelay, "fake-delay", 40*time.Millisecond, "fake runtime: emulated creation time")
 	fs.StringVar(&f.fakeListen, "fake-listen", "127.0.0.1:0", "fake runtime: address of the in-process function server")
 	fs.Var(&f.imageMap, "image-map", "process runtime: IMAGE=PATH runs executable PATH for image IMAGE (repeatable; Dirigent's workload images and \"workload\" map to the built-in workload function by default)")
+	f.ctr.register(fs)
 }
 
 // workers builds the worker (or, with n > 1 emulated workers of the fake
@@ -326,8 +328,10 @@ func (f *workerFlags) config(cp string, log *slog.Logger) (worker.Config, error)
 			fcfg.OnExit = onExit
 			return fake.New(fcfg)
 		}
+	case "containerd":
+		f.ctr.configure(&cfg, cfg.Logger)
 	default:
-		return cfg, fmt.Errorf("--runtime %q: use process or fake", f.runtime)
+		return cfg, fmt.Errorf("--runtime %q: use process, containerd or fake", f.runtime)
 	}
 	return cfg, nil
 }

@@ -146,8 +146,11 @@ func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
 	touched := map[string]bool{}
 	for id, s := range reported {
 		if sb := w.sandboxes[id]; sb != nil {
-			if sb.state == sbPending {
+			switch sb.state {
+			case sbPending:
 				cp.markReady(sb, s.Address, 0)
+			case sbDeleting: // the delete may have been lost with the old session
+				sess.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Delete{Delete: &pb.DeleteSandbox{SandboxId: id}}})
 			}
 			continue
 		}

@@ -14,9 +14,14 @@
 //   - queue.go: the intrusive FIFO of waiters;
 //   - load.go: load meters and report collection;
 //   - session.go: the gRPC session with the control plane;
-//   - proxy.go: the HTTP engine (net/http server, forwarder).
+//   - h1.go, h1serve.go: the HTTP/1.1 engine (its own server loop on raw
+//     connections; hands HTTP/2 connections to proxy.go), with
+//     h1parse.go (message heads), h1body.go (bodies: lengths, chunked) and
+//     upstream.go (keep-alive connections to sandboxes);
+//   - proxy.go: the h2c engine (net/http server, forwarder).
 //
-// The warm path takes no lock and, in the router, allocates nothing.
+// The warm path takes no lock and allocates nothing, in the router and in
+// the HTTP/1.1 engine.
 package dataplane
 
 import (
@@ -66,7 +71,8 @@ type DataPlane struct {
 	log *slog.Logger
 	ln  net.Listener
 	rt  *router
-	eng *httpEngine
+	eng *httpEngine // h2c
+	h1  *h1Engine
 
 	grace time.Duration // ShutdownGrace; shorter in tests
 }
@@ -132,6 +138,7 @@ func New(cfg Config) (*DataPlane, error) {
 		ln:    ln,
 		rt:    rt,
 		eng:   &httpEngine{rt: rt, transport: newTransport(), maxBody: cfg.MaxBodyBytes},
+		h1:    newH1Engine(rt, cfg.MaxBodyBytes),
 		grace: ShutdownGrace,
 	}, nil
 }
@@ -143,21 +150,24 @@ func (d *DataPlane) Addr() string { return d.ln.Addr().String() }
 func (d *DataPlane) Config() Config { return d.cfg }
 
 // Run serves HTTP and keeps the session with the control plane until ctx is
-// done, then shuts down: no new connections, requests in flight get
-// ShutdownGrace to finish, then what is left is cut off. It returns once every
-// goroutine it started has ended; the error is nil unless serving failed.
+// done, then shuts down: no new connections, idle ones closed, requests in
+// flight get ShutdownGrace to finish, then what is left is cut off. It
+// returns once every goroutine it started has ended; the error is nil
+// unless serving failed.
 func (d *DataPlane) Run(ctx context.Context) error {
 	srv := newServer(d.eng, slog.NewLogLogger(d.log.Handler(), slog.LevelDebug))
+	h2ln := newConnListener(d.ln.Addr())
 	sctx, stopSessions := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSessions()
 
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
 	wg.Go(func() {
-		if err := srv.Serve(d.ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(h2ln); !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- err
 		}
 	})
+	d.h1.start(d.ln, h2ln)
 	wg.Go(func() { d.runSessions(sctx) })
 	d.log.Info("data plane listening", "addr", d.Addr(), "id", d.cfg.ID,
 		"controlplane", d.cfg.ControlPlane, "balancer", d.cfg.Balancer)
@@ -173,15 +183,22 @@ func (d *DataPlane) Run(ctx context.Context) error {
 	// a sandbox.
 	sdCtx, cancel := context.WithTimeout(context.Background(), d.grace)
 	defer cancel()
-	if serr := srv.Shutdown(sdCtx); serr != nil {
-		d.log.Warn("requests still running after the grace period; cutting them off", "err", serr)
+	var h1done, h2done bool
+	var sd sync.WaitGroup
+	sd.Go(func() { h1done = d.h1.shutdown(sdCtx) })
+	sd.Go(func() { h2done = srv.Shutdown(sdCtx) == nil })
+	sd.Wait()
+	if !h1done || !h2done {
+		d.log.Warn("requests still running after the grace period; cutting them off")
 		// Answer the waiting requests (503) and give those answers a moment
-		// to be written, then close every connection: the contexts of the
-		// requests still forwarding are cancelled and their handlers return.
+		// to be written, then close every connection: the requests still
+		// forwarding fail and their handlers return.
 		d.rt.failAllWaiters()
-		d.eng.waitIdle(200 * time.Millisecond)
+		d.waitIdle(200 * time.Millisecond)
 		srv.Close()
+		d.h1.closeAll()
 	}
+	d.h1.wait()
 	if !d.eng.waitIdle(2 * time.Second) {
 		d.log.Warn("handlers still running after shutdown", "count", d.eng.active.Load())
 	}
@@ -191,6 +208,16 @@ func (d *DataPlane) Run(ctx context.Context) error {
 	d.log.Info("data plane stopped")
 	return err
 }
+
+// waitIdle waits up to t for both engines to have no request in hand.
+func (d *DataPlane) waitIdle(t time.Duration) {
+	for deadline := time.Now().Add(t); d.handling() > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// handling is the number of requests either engine has in hand.
+func (d *DataPlane) handling() int64 { return d.eng.active.Load() + d.h1.active.Load() }
 
 // ApplyRoutes applies one RouteUpdate from the control plane, as the
 // session does:

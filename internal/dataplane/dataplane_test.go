@@ -613,7 +613,7 @@ func TestShutdownDrains(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("Run did not return")
 			}
-			if n := d.eng.active.Load(); n != 0 {
+			if n := d.handling(); n != 0 {
 				t.Errorf("%d handlers still running after Run", n)
 			}
 		})
@@ -658,7 +658,7 @@ func TestShutdownCutsOffAfterGrace(t *testing.T) {
 	if r := <-hung; r.err == nil {
 		t.Errorf("hung request answered: %d %q", r.status, r.body)
 	}
-	if n := d.eng.active.Load(); n != 0 {
+	if n := d.handling(); n != 0 {
 		t.Errorf("%d handlers still running after Run", n)
 	}
 }

@@ -157,29 +157,41 @@ func (rt *router) begin(fn *function, c *call) {
 
 // end frees the slot c holds and counts its departure. Call it once per
 // begin, whatever happened in between.
-func (rt *router) end(c *call) {
+func (rt *router) end(c *call) { rt.endAt(c, time.Now()) }
+
+// endAt is end for an engine that has read the clock already.
+func (rt *router) endAt(c *call, now time.Time) {
 	if c.ep != nil {
 		rt.release(c.fn, c.ep)
 		c.ep = nil
 	}
-	c.fn.load.depart(rt.micros(time.Now()))
+	c.fn.load.depart(rt.micros(now))
 }
 
 // acquire takes a slot for c on one of its function's endpoints, waiting in
 // the queue (bounded by ctx) when none is free.
 func (rt *router) acquire(ctx context.Context, c *call) *reqError {
+	if rt.acquireNow(c) {
+		return nil
+	}
+	return rt.wait(ctx, c)
+}
+
+// acquireNow is acquire's fast path, for an engine that makes a context only
+// when a request has to wait: it takes a free slot when nobody waits (a
+// freed slot belongs to the queue's head, not to whoever arrives next), and
+// says whether it did. It sets c.timeout either way.
+func (rt *router) acquireNow(c *call) bool {
 	fn := c.fn
 	st := fn.state.Load()
 	c.timeout = st.timeout
-	// Fast path. Only when nobody waits: a freed slot belongs to the queue's
-	// head, not to whoever arrives next.
 	if fn.queued.Load() == 0 {
 		if ep := rt.pick(fn, st); ep != nil {
 			c.ep = ep
-			return nil
+			return true
 		}
 	}
-	return rt.wait(ctx, c)
+	return false
 }
 
 // wait queues c and waits for a slot to be handed to it.

@@ -205,6 +205,15 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 		return fmt.Errorf("list sandboxes: %w", err)
 	}
 	w.mu.Lock()
+	// Sandboxes the runtime found again after a restart of this process
+	// (the containerd runtime adopts its running containers) are ours now:
+	// count them, delete them when told, report their exits.
+	for _, sb := range list {
+		if _, ok := w.sandboxes[sb.ID]; !ok {
+			w.sandboxes[sb.ID] = &entry{spec: sandbox.Spec{ID: sb.ID, Function: sb.Function, Generation: sb.Generation,
+				CPUMillicores: sb.CPUMillicores, MemoryMiB: sb.MemoryMiB}, sb: sb, ready: true, cancel: func() {}}
+		}
+	}
 	hello := &pb.WorkerHello{WorkerId: w.cfg.ID, Hostname: w.cfg.Hostname, Runtime: w.rt.Name(),
 		Capacity: w.capacity(), LastEpoch: w.lastEpoch}
 	for _, sb := range list {

@@ -1,0 +1,494 @@
+package dataplane
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// The HTTP/1.1 engine: the front door's own server loop on raw
+// connections. It owns the listener; a connection that starts with the
+// HTTP/2 preface is handed to net/http's h2c server (proxy.go) through a
+// connListener, every other one is served here, one goroutine per
+// connection doing everything for one request after another:
+//
+//	read the head (in place in the connection's reader) → resolve, take a
+//	slot (router) → take a keep-alive connection to the sandbox → write the
+//	head (and a body already received) in one write → read the answer's
+//	head → write ours and relay the body → give back the connection, then
+//	the slot.
+//
+// Request and response bodies stream in both directions; a request body
+// that has not fully arrived is sent by a second goroutine while the first
+// reads the answer, so a function answering before it has read everything
+// cannot deadlock the exchange. Nothing is allocated per request in steady
+// state: buffers belong to connections, deadlines are moved only when they
+// fall out of a tolerance window (setReadDeadline), and the Server-Timing and
+// Date headers are appended in place.
+//
+// A client that goes away while its request waits (queue, function) is
+// noticed by the sweeper, which looks at the sockets of requests older than
+// goneCheckAfter with a non-blocking peek: it cancels the wait or closes the
+// sandbox connection, and the slot is released at once.
+
+const (
+	// clientIdleTimeout bounds an idle keep-alive connection and the
+	// reading of a request head (net/http's IdleTimeout here before).
+	clientIdleTimeout = 2 * time.Minute
+	clientIdleTol     = 30 * time.Second
+	// errorWriteTimeout bounds writing an answer the data plane makes
+	// itself.
+	errorWriteTimeout = 10 * time.Second
+	sweepInterval     = 100 * time.Millisecond
+	goneCheckAfter    = 100 * time.Millisecond // first look at a request's client
+	goneCheckMax      = 2 * time.Second        // longest between two looks
+	reapEvery         = 50                     // sweeps between two reaps of idle sandbox connections (5 s)
+	// lingerTime and lingerBytes bound the reading and discarding of what a
+	// client still sends after an answer that ends its connection early
+	// (413, 400), so it reads the answer instead of getting a reset.
+	lingerTime     = 500 * time.Millisecond
+	lingerBytes    = 256 << 10
+	clientBufSize  = 4 << 10
+	maxLeadingCRLF = 4 // stray line ends tolerated before a request line
+)
+
+// Connection states, for shutdown: idle connections are closed at once,
+// active ones after their answer.
+const (
+	connIdle int32 = iota
+	connActive
+	connClosed
+)
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, clientBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, clientBufSize) }}
+)
+
+type h1Engine struct {
+	rt      *router
+	maxBody int64
+	up      upstreams
+
+	ln         net.Listener
+	h2         *connListener // h2c connections go there
+	acceptDone chan struct{}
+	sweepStop  chan struct{}
+	sweepDone  chan struct{}
+
+	active   atomic.Int64 // requests being handled
+	shutting atomic.Bool
+
+	mu    sync.Mutex
+	conns map[*h1Conn]struct{}
+	wg    sync.WaitGroup // connection goroutines and their body pumps
+}
+
+func newH1Engine(rt *router, maxBody int64) *h1Engine {
+	return &h1Engine{rt: rt, maxBody: maxBody, conns: make(map[*h1Conn]struct{})}
+}
+
+// start serves ln in the background; h2c connections go to h2.
+func (e *h1Engine) start(ln net.Listener, h2 *connListener) {
+	e.ln, e.h2 = ln, h2
+	e.acceptDone = make(chan struct{})
+	e.sweepStop, e.sweepDone = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(e.acceptDone)
+		e.acceptLoop()
+	}()
+	go func() {
+		defer close(e.sweepDone)
+		e.sweepLoop()
+	}()
+}
+
+func (e *h1Engine) acceptLoop() {
+	var delay time.Duration
+	for {
+		c, err := e.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors, an aborted handshake...: back off and
+			// go on, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		hc := &h1Conn{e: e, c: c}
+		if sc, ok := c.(syscall.Conn); ok {
+			hc.rc, _ = sc.SyscallConn()
+		}
+		e.mu.Lock()
+		e.conns[hc] = struct{}{}
+		e.mu.Unlock()
+		e.wg.Go(hc.serve)
+	}
+}
+
+// sweepLoop notices clients gone while their request waits, and reaps idle
+// sandbox connections.
+func (e *h1Engine) sweepLoop() {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	var cand []*h1Conn
+	for n := 1; ; n++ {
+		select {
+		case <-e.sweepStop:
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		e.mu.Lock()
+		for hc := range e.conns {
+			s := hc.since.Load()
+			if s == 0 {
+				continue
+			}
+			if hc.sweepSince != s { // a new request
+				hc.sweepSince, hc.sweepNext = s, s+int64(goneCheckAfter)
+			}
+			if now >= hc.sweepNext {
+				// Look again after a quarter of the request's age: a
+				// client gone is noticed within about that, and many
+				// long requests cost few peeks.
+				hc.sweepNext = now + int64(min(max(time.Duration(now-s)/4, goneCheckAfter), goneCheckMax))
+				cand = append(cand, hc)
+			}
+		}
+		e.mu.Unlock()
+		for _, hc := range cand {
+			if peek(hc.rc) == sockClosed {
+				hc.abort()
+			}
+		}
+		clear(cand)
+		cand = cand[:0]
+		if n%reapEvery == 0 {
+			e.up.reap(now)
+		}
+	}
+}
+
+// shutdown stops accepting and closes idle connections until none is left
+// or ctx is done; it says whether every connection ended.
+func (e *h1Engine) shutdown(ctx context.Context) bool {
+	e.shutting.Store(true)
+	e.ln.Close()
+	<-e.acceptDone
+	delay := time.Millisecond
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	for {
+		e.mu.Lock()
+		for hc := range e.conns {
+			if hc.state.CompareAndSwap(connIdle, connClosed) {
+				hc.c.Close()
+			}
+		}
+		n := len(e.conns)
+		e.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+		t.Reset(delay)
+	}
+}
+
+// closeAll cuts off every connection, and the sandbox connections of their
+// requests.
+func (e *h1Engine) closeAll() {
+	e.mu.Lock()
+	for hc := range e.conns {
+		hc.state.Store(connClosed)
+		hc.c.Close()
+		if uc := hc.upc.Swap(nil); uc != nil {
+			uc.c.Close()
+		}
+	}
+	e.mu.Unlock()
+}
+
+// wait waits for every goroutine of the engine; call after shutdown (and
+// closeAll if it failed).
+func (e *h1Engine) wait() {
+	close(e.sweepStop)
+	<-e.sweepDone
+	e.wg.Wait()
+	e.up.closeIdle()
+}
+
+func (e *h1Engine) forget(hc *h1Conn) {
+	e.mu.Lock()
+	delete(e.conns, hc)
+	e.mu.Unlock()
+}
+
+// connListener is a net.Listener fed by the engine: the h2c connections it
+// hands to net/http's server.
+type connListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnListener(addr net.Addr) *connListener {
+	return &connListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return l.addr }
+
+func (l *connListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+// prefixConn replays bytes already read from a connection.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// h2Preface starts every HTTP/2 connection with prior knowledge.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// h1Conn is one client connection.
+type h1Conn struct {
+	e  *h1Engine
+	c  net.Conn
+	rc syscall.RawConn
+	br *bufio.Reader
+	bw *bufio.Writer
+
+	// Shared with the sweeper and shutdown.
+	state  atomic.Int32
+	since  atomic.Int64                       // unix ns the current request arrived; 0 between requests
+	gone   atomic.Bool                        // the client went away
+	upc    atomic.Pointer[upConn]             // the sandbox connection in use
+	cancel atomic.Pointer[context.CancelFunc] // the queue wait's
+
+	// The sweeper's (under e.mu).
+	sweepSince, sweepNext int64
+
+	// The connection's goroutine's.
+	req      request
+	call     call
+	big      []byte // a request head too large for br
+	rdl, wdl int64  // deadlines set (unix ns), see setReadDeadline
+	now      int64  // unix ns at the end of the last request
+	pend     int    // bytes of the request (head, buffered body) still in br
+	bodyOff  int    // where the request body starts in br (after a head still there)
+	unread   bool   // the request body was not (fully) read: close after the answer
+	linger   bool   // close with lingerClose (so does unread)
+	streamed bool   // the request body went to a pump: it cannot be sent again
+	pump     *pump  // the request body's sender, if one runs
+}
+
+// serve runs the connection.
+func (hc *h1Conn) serve() {
+	hc.br = readerPool.Get().(*bufio.Reader)
+	hc.br.Reset(hc.c)
+	hc.bw = writerPool.Get().(*bufio.Writer)
+	hc.bw.Reset(hc.c)
+	hc.now = time.Now().UnixNano()
+	keep, h2 := hc.first()
+	if h2 {
+		hc.release()
+		return
+	}
+	for keep {
+		keep = hc.handle()
+		if keep {
+			keep = hc.next()
+		}
+	}
+	hc.close()
+}
+
+// first waits for the connection's first bytes and hands an HTTP/2 one to
+// the h2c server.
+func (hc *h1Conn) first() (keep, h2 bool) {
+	hc.state.Store(connIdle)
+	setReadDeadline(hc.c, &hc.rdl, hc.now+int64(clientIdleTimeout), int64(clientIdleTol))
+	if _, err := hc.br.Peek(1); err != nil || !hc.state.CompareAndSwap(connIdle, connActive) {
+		return false, false
+	}
+	for {
+		b, _ := hc.br.Peek(hc.br.Buffered())
+		k := min(len(b), len(h2Preface))
+		if string(b[:k]) != h2Preface[:k] {
+			return hc.next(), false
+		}
+		if k == len(h2Preface) {
+			break
+		}
+		if _, err := hc.br.Peek(k + 1); err != nil {
+			return false, false
+		}
+	}
+	b, _ := hc.br.Peek(hc.br.Buffered())
+	pc := &prefixConn{Conn: hc.c, pre: append([]byte(nil), b...)}
+	hc.c.SetReadDeadline(time.Time{})
+	hc.e.forget(hc)
+	if !hc.e.h2.push(pc) {
+		hc.c.Close()
+	}
+	return false, true
+}
+
+// next waits for the next request's first byte.
+func (hc *h1Conn) next() bool {
+	for skipped := 0; ; skipped++ {
+		if hc.br.Buffered() == 0 {
+			if !hc.state.CompareAndSwap(connActive, connIdle) || hc.e.shutting.Load() {
+				return false
+			}
+			setReadDeadline(hc.c, &hc.rdl, hc.now+int64(clientIdleTimeout), int64(clientIdleTol))
+			if _, err := hc.br.Peek(1); err != nil || !hc.state.CompareAndSwap(connIdle, connActive) {
+				return false
+			}
+		}
+		b, _ := hc.br.Peek(1)
+		if (b[0] != '\r' && b[0] != '\n') || skipped == maxLeadingCRLF {
+			return true
+		}
+		hc.br.Discard(1)
+	}
+}
+
+// abort ends the current request of a client that went away: its queue
+// wait or its sandbox connection.
+func (hc *h1Conn) abort() {
+	hc.gone.Store(true)
+	if f := hc.cancel.Load(); f != nil {
+		(*f)()
+	}
+	if uc := hc.upc.Swap(nil); uc != nil {
+		uc.c.Close()
+	}
+}
+
+// own records uc as the sandbox connection in use, so abort and closeAll
+// can close it; false if the client is gone already.
+func (hc *h1Conn) own(uc *upConn) bool {
+	hc.upc.Store(uc)
+	if hc.gone.Load() {
+		hc.upc.CompareAndSwap(uc, nil)
+		return false
+	}
+	return true
+}
+
+// disown ends that; false if uc was closed meanwhile (abort, closeAll).
+func (hc *h1Conn) disown(uc *upConn) bool { return hc.upc.CompareAndSwap(uc, nil) }
+
+// close ends the connection.
+func (hc *h1Conn) close() {
+	hc.e.forget(hc)
+	hc.state.Store(connClosed)
+	if (hc.linger || hc.unread) && !hc.gone.Load() {
+		lingerClose(hc.c)
+	} else {
+		hc.c.Close()
+	}
+	hc.release()
+}
+
+// release gives the buffers back.
+func (hc *h1Conn) release() {
+	hc.br.Reset(nil)
+	readerPool.Put(hc.br)
+	hc.bw.Reset(nil)
+	writerPool.Put(hc.bw)
+	hc.br, hc.bw = nil, nil
+	if cap(hc.big) > 64<<10 {
+		hc.big = nil
+	}
+}
+
+// lingerClose closes c after the client has read the answer: it stops
+// writing, reads and discards what the client still sends (a body the
+// data plane did not want) for a while, and then closes. Closing at once
+// with unread data would send a reset that can destroy the answer.
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		c.SetReadDeadline(time.Now().Add(lingerTime))
+		io.CopyN(io.Discard, c, lingerBytes)
+	}
+	c.Close()
+}
+
+// setReadDeadline and setWriteDeadline keep a connection's deadline within
+// [want, want+tol] (unix ns), moving it only when it falls outside: under
+// steady traffic a connection's deadline moves once per tol instead of once
+// per request (each move costs a runtime timer update). *set remembers the
+// deadline set.
+func setReadDeadline(c net.Conn, set *int64, want, tol int64) error {
+	if d := *set; d >= want && d <= want+tol {
+		return nil
+	}
+	*set = want + tol
+	return c.SetReadDeadline(time.Unix(0, want+tol))
+}
+
+func setWriteDeadline(c net.Conn, set *int64, want, tol int64) error {
+	if d := *set; d >= want && d <= want+tol {
+		return nil
+	}
+	*set = want + tol
+	return c.SetWriteDeadline(time.Unix(0, want+tol))
+}
+
+// tolerance is how late a request bounded by timeout may be cut off.
+func tolerance(timeout time.Duration) int64 {
+	return int64(min(max(timeout/16, time.Millisecond), time.Second))
+}
+
+// b2s views b as a string without copying; b must not change while the
+// string is in use.
+func b2s(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }

@@ -1,0 +1,216 @@
+package dataplane
+
+import (
+	"bufio"
+	"net"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Connections to sandboxes, for the HTTP/1.1 engine: per sandbox address
+// (several endpoints may share one, as the fake runtime's do), a stack of
+// idle keep-alive connections. The most recently used is taken first, so a
+// small hot set serves steady traffic and the rest age out. A connection idle
+// for more than upstreamCheckAfter is checked for a close from the sandbox
+// (a non-blocking peek) before it is used, so requests are not sent into
+// connections a function's server has timed out; the reaper closes those
+// idle past upstreamIdleTimeout or closed by the peer.
+
+const (
+	upstreamIdleTimeout = 90 * time.Second
+	upstreamCheckAfter  = time.Second
+	upstreamMaxIdle     = 4096 // per address
+	upstreamDialTimeout = time.Second
+	upstreamBufSize     = 4 << 10
+	// upstreamPoolTTL is how long the reaper keeps an empty pool.
+	upstreamPoolTTL = 5 * time.Minute
+)
+
+// sockState is what a non-blocking peek at a socket found.
+type sockState uint8
+
+const (
+	sockIdle   sockState = iota // open, nothing to read
+	sockData                    // open, bytes waiting
+	sockClosed                  // the peer closed it, or it failed
+)
+
+type upstreams struct {
+	pools sync.Map // address → *upPool
+
+	reapScratch []*upConn // the reaper's (one goroutine)
+}
+
+type upPool struct {
+	addr string
+
+	mu      sync.Mutex
+	idle    []*upConn // oldest first
+	out     int       // connections handed out (or being dialled)
+	lastPut int64     // unix ns
+	dead    bool      // dropped from the map: connections coming back are closed
+}
+
+// upConn is one keep-alive connection to a sandbox, owned by one request at
+// a time.
+type upConn struct {
+	c      net.Conn
+	rc     syscall.RawConn // nil if the conn does not offer one
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	pool   *upPool
+	idleAt int64 // unix ns it was put back
+	reused bool  // served a request before this one
+	rdl    int64 // read deadline set (unix ns), see setReadDeadline
+	wdl    int64
+	resp   response
+	big    []byte // a response head too large for br
+}
+
+func (u *upstreams) pool(addr string) *upPool {
+	if p, ok := u.pools.Load(addr); ok {
+		return p.(*upPool)
+	}
+	p, _ := u.pools.LoadOrStore(addr, &upPool{addr: addr})
+	return p.(*upPool)
+}
+
+// get returns an idle connection to addr or dials one; deadline (unix ns)
+// bounds the dial. now is the caller's clock (unix ns).
+func (u *upstreams) get(addr string, now, deadline int64) (*upConn, error) {
+	for {
+		p := u.pool(addr)
+		p.mu.Lock()
+		if p.dead {
+			p.mu.Unlock()
+			continue // the reaper just dropped it; a new one is in the map
+		}
+		p.out++
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			return u.dial(p, deadline)
+		}
+		uc := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		if now-uc.idleAt > int64(upstreamCheckAfter) && peek(uc.rc) != sockIdle {
+			uc.discard()
+			continue
+		}
+		uc.reused = true
+		return uc, nil
+	}
+}
+
+func (u *upstreams) dial(p *upPool, deadline int64) (*upConn, error) {
+	d := net.Dialer{Timeout: upstreamDialTimeout, KeepAlive: 30 * time.Second, Deadline: time.Unix(0, deadline)}
+	c, err := d.Dial("tcp", p.addr)
+	if err != nil {
+		p.mu.Lock()
+		p.out--
+		p.mu.Unlock()
+		return nil, err
+	}
+	uc := &upConn{
+		c:    c,
+		pool: p,
+		br:   bufio.NewReaderSize(c, upstreamBufSize),
+		bw:   bufio.NewWriterSize(c, upstreamBufSize),
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		uc.rc, _ = sc.SyscallConn()
+	}
+	return uc, nil
+}
+
+// put gives back a connection whose exchange ended cleanly.
+func (uc *upConn) put(now int64) {
+	uc.idleAt = now
+	p := uc.pool
+	p.mu.Lock()
+	p.out--
+	p.lastPut = now
+	if p.dead || len(p.idle) >= upstreamMaxIdle {
+		p.mu.Unlock()
+		uc.c.Close()
+		return
+	}
+	p.idle = append(p.idle, uc)
+	p.mu.Unlock()
+}
+
+// discard closes a connection handed out by get.
+func (uc *upConn) discard() {
+	uc.c.Close()
+	p := uc.pool
+	p.mu.Lock()
+	p.out--
+	p.mu.Unlock()
+}
+
+// reap closes idle connections that are too old or that their sandbox
+// closed, and drops pools unused for upstreamPoolTTL.
+func (u *upstreams) reap(now int64) {
+	u.pools.Range(func(k, v any) bool {
+		p := v.(*upPool)
+		p.mu.Lock()
+		i := 0
+		for i < len(p.idle) && now-p.idle[i].idleAt > int64(upstreamCheckAfter) {
+			i++
+		}
+		old := append(u.reapScratch[:0], p.idle[:i]...)
+		n := copy(p.idle, p.idle[i:])
+		clear(p.idle[n:])
+		p.idle = p.idle[:n]
+		if len(old) == 0 && n == 0 && p.out == 0 && now-p.lastPut > int64(upstreamPoolTTL) {
+			p.dead = true
+			u.pools.CompareAndDelete(k, p)
+		}
+		p.mu.Unlock()
+
+		keep := old[:0]
+		for _, uc := range old {
+			if now-uc.idleAt > int64(upstreamIdleTimeout) || peek(uc.rc) != sockIdle {
+				uc.c.Close()
+				continue
+			}
+			keep = append(keep, uc)
+		}
+		if len(keep) > 0 {
+			p.mu.Lock()
+			if p.dead {
+				for _, uc := range keep {
+					uc.c.Close()
+				}
+			} else {
+				p.idle = slices.Insert(p.idle, 0, keep...) // still the oldest
+			}
+			p.mu.Unlock()
+		}
+		clear(old)
+		u.reapScratch = old[:0]
+		return true
+	})
+}
+
+// closeIdle closes every idle connection; those in use are closed when
+// they come back.
+func (u *upstreams) closeIdle() {
+	u.pools.Range(func(k, v any) bool {
+		p := v.(*upPool)
+		p.mu.Lock()
+		p.dead = true
+		idle := p.idle
+		p.idle = nil
+		p.mu.Unlock()
+		for _, uc := range idle {
+			uc.c.Close()
+		}
+		u.pools.CompareAndDelete(k, p)
+		return true
+	})
+}
