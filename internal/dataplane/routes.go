@@ -32,7 +32,6 @@ func (rt *router) applyRoutes(u *controlplanev1.RouteUpdate) error {
 	txn := tableTxn{t: &rt.table}
 	var changed, removed []*function
 	if u.GetFull() {
-		rt.epoch.Store(u.GetEpoch())
 		clear(rt.tombstones)
 		listed := make(map[string]struct{}, len(u.GetFunctions()))
 		for _, fr := range u.GetFunctions() {
@@ -72,6 +71,10 @@ func (rt *router) applyRoutes(u *controlplanev1.RouteUpdate) error {
 		}
 	}
 	txn.commit()
+	if u.GetFull() {
+		// After the table: whoever sees the new epoch sees its routes.
+		rt.epoch.Store(u.GetEpoch())
+	}
 	for _, fn := range removed {
 		rt.retire(fn)
 	}
