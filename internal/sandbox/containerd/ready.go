@@ -2,71 +2,31 @@ package containerd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/batonfaas/baton/internal/sandbox"
 )
 
-// Readiness polling: every finePoll for the first finePollFor (a small
-// static server answers within a few milliseconds of its start), then
-// backing off to 10 ms.
-const (
-	finePoll    = 500 * time.Microsecond
-	finePollFor = 100 * time.Millisecond
-)
+// finePollFor is how long readiness is probed every 0.5 ms (a small static
+// server answers within a few milliseconds of its start) before backing off.
+const finePollFor = 100 * time.Millisecond
 
 // waitReady polls the sandbox's port until it accepts a TCP connection,
 // the task exits, ctx ends or the ready timeout passes.
 func (r *Runtime) waitReady(ctx context.Context, b *box) error {
-	start := time.Now()
-	deadline := start.Add(r.cfg.ReadyTimeout)
-	dialer := net.Dialer{Timeout: time.Second}
-	wait := finePoll
-	var timer *time.Timer
-	for {
-		conn, err := dialer.DialContext(ctx, "tcp", b.sb.Address)
-		if err == nil {
-			_ = conn.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
-		}
-		if time.Since(start) < finePollFor {
-			// Go's timers fire at millisecond granularity here: sleep the
-			// thread instead, a few times.
-			select {
-			case <-b.exited:
-				return r.notReadyExited(b)
-			case <-ctx.Done():
-				return fmt.Errorf("wait for %s: %w", b.sb.Address, ctx.Err())
-			default:
-			}
-			ts := syscall.NsecToTimespec(int64(finePoll))
-			_ = syscall.Nanosleep(&ts, nil)
-			continue
-		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-			defer timer.Stop()
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case <-b.exited:
-			return r.notReadyExited(b)
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w", b.sb.Address, ctx.Err())
-		case <-timer.C:
-		}
-		wait = min(wait*3/2, 10*time.Millisecond)
+	err := sandbox.WaitTCP(ctx, b.sb.Address, r.cfg.ReadyTimeout, finePollFor, b.exited)
+	switch {
+	case errors.Is(err, sandbox.ErrProbeExited):
+		return r.notReadyExited(b)
+	case errors.Is(err, sandbox.ErrProbeTimeout):
+		return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
 	}
+	return err
 }
 
 func (r *Runtime) notReadyExited(b *box) error {
