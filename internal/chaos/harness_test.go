@@ -62,8 +62,15 @@ func bin(t *testing.T, name string) string {
 	return filepath.Join(binDir, name)
 }
 
+// workerIDs are the worker ids the tests use; their cgroups are removed at
+// the end.
+var workerIDs = []string{"chaos-w1", "chaos-w2", "chaos-k1", "chaos-k2", "chaos-host", "chaos-netns"}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
+	for _, id := range workerIDs {
+		removeCgroups(id)
+	}
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
@@ -286,4 +293,19 @@ func (l *load) end() (ok, failed int64) {
 	close(l.stop)
 	<-l.done
 	return l.ok.Load(), l.failed.Load()
+}
+
+// removeCgroups removes the cgroups a worker with this id left behind when
+// it was killed (its sandboxes died with it; their empty groups remain).
+func removeCgroups(workerID string) {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/baton/" + workerID)
+	for _, d := range dirs {
+		ents, _ := os.ReadDir(d)
+		for _, e := range ents {
+			if e.IsDir() {
+				os.Remove(filepath.Join(d, e.Name()))
+			}
+		}
+		os.Remove(d)
+	}
 }

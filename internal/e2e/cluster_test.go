@@ -75,6 +75,11 @@ func bin(t testing.TB, name string) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	// Every runtime removed its own groups; remove their common parent.
+	parents, _ := filepath.Glob("/sys/fs/cgroup/*/baton-e2e")
+	for _, p := range parents {
+		os.Remove(p)
+	}
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
