@@ -95,8 +95,16 @@ type proc struct {
 	done chan struct{}
 }
 
+// chaosPorts is the chaos tests' own port range for process sandboxes:
+// go test runs packages in parallel, and other packages' process runtimes
+// use the default range on the same machine.
+const chaosPorts = "20000-24999"
+
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	if len(args) > 0 && args[0] == "worker" {
+		args = append(args, "--port-range", chaosPorts)
+	}
 	p := &proc{name: name, args: args}
 	p.start(t)
 	t.Cleanup(func() { p.kill() })

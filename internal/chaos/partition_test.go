@@ -83,7 +83,7 @@ func TestPartitionedWorkerReconciles(t *testing.T) {
 	// nsenter switches only the network namespace ("ip netns exec" would
 	// also remount /sys, hiding the cgroup hierarchies).
 	remote := &proc{name: "w-netns", args: []string{"--net=/var/run/netns/" + h.ns, bin(t, "baton"), "worker", "--controlplane", cpAddr,
-		"--worker-id", "chaos-netns", "--sandbox-host", h.nsIP}}
+		"--worker-id", "chaos-netns", "--sandbox-host", h.nsIP, "--port-range", chaosPorts}}
 	remote.cmd = exec.Command("nsenter", remote.args...)
 	if os.Getenv("BATON_TEST_LOG") != "" {
 		remote.cmd.Stderr = prefixWriter{remote.name, os.Stderr}

@@ -171,6 +171,7 @@ type workerFlags struct {
 	maxSandboxes, maxCreations int
 	fakeDelay                  time.Duration
 	emulate                    int
+	portRange                  string
 	fakeListen                 string
 	imageMap                   multiFlag
 	ctr                        containerdFlags
@@ -180,6 +181,7 @@ func (f *workerFlags) register(fs *flagSet) {
 	fs.StringVar(&f.id, "worker-id", "", "worker id (default: the hostname)")
 	fs.StringVar(&f.runtime, "runtime", "process", "sandbox runtime: process, containerd or fake")
 	fs.StringVar(&f.host, "sandbox-host", "127.0.0.1", "IP that process sandboxes listen on and are reached at")
+	fs.StringVar(&f.portRange, "port-range", "30000-39999", "process runtime: ports handed to sandboxes, MIN-MAX (give workers sharing a machine ranges of their own)")
 	fs.Int64Var(&f.cpu, "cpu", 0, "CPU capacity in millicores offered to sandboxes (default: process 8x the cores, fake 1,000,000)")
 	fs.Int64Var(&f.memory, "memory", 0, "memory capacity in MiB offered to sandboxes (default: process the machine's memory, fake 4 TiB)")
 	fs.IntVar(&f.maxSandboxes, "max-sandboxes", 0, "most sandboxes at once (0: no limit but cpu and memory)")
@@ -303,7 +305,13 @@ func (f *workerFlags) config(cp string, log *slog.Logger) (worker.Config, error)
 		if cfg.MaxCreations == 0 {
 			cfg.MaxCreations = 16
 		}
-		pcfg := process.Config{Host: f.host, CgroupParent: "baton/" + idSafe.ReplaceAllString(cfg.ID, "_"),
+		lo, hi, ok := strings.Cut(f.portRange, "-")
+		pmin, err1 := strconv.Atoi(lo)
+		pmax, err2 := strconv.Atoi(hi)
+		if !ok || err1 != nil || err2 != nil || pmin < 1 || pmax > 65535 || pmin > pmax {
+			return cfg, fmt.Errorf("--port-range %q: want MIN-MAX, e.g. 30000-39999", f.portRange)
+		}
+		pcfg := process.Config{Host: f.host, PortMin: pmin, PortMax: pmax, CgroupParent: "baton/" + idSafe.ReplaceAllString(cfg.ID, "_"),
 			ImageMap: images, Logger: cfg.Logger}
 		cfg.NewRuntime = func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
 			pcfg.OnExit = onExit
