@@ -73,7 +73,19 @@ func startUp(t *testing.T, dataDir, workerID string) *upProc {
 		for range lines {
 		}
 	}()
-	return u
+	// Started is not ready: wait until the data plane and the worker have
+	// registered with the control plane.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, err := u.cli(t, "status")
+		if err == nil && strings.Contains(out, u.dp+"  true") && strings.Contains(out, workerID) {
+			return u
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("baton up: data plane or worker not registered within 15s:\n%s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (u *upProc) cli(t *testing.T, args ...string) (string, error) {
