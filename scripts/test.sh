@@ -39,7 +39,10 @@ if [ -n "$unformatted" ]; then
 fi
 
 echo "== unit tests (race detector)"
-go test -race -count=1 -timeout 10m $(go list ./... | grep -v /internal/e2e)
+# One package at a time (-p 1): several packages' tests use machine-wide
+# resources (network namespaces, links, mounts, cgroups, sandbox ports) and
+# some count them to prove nothing leaked.
+go test -race -count=1 -p 1 -timeout 15m $(go list ./... | grep -v /internal/e2e)
 echo "== end-to-end tests"
 go test -count=1 -timeout 15m -v ./internal/e2e/ 2>&1 | tee /tmp/baton-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
 tail -n 3 /tmp/baton-e2e.log

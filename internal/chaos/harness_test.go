@@ -187,8 +187,10 @@ func startReplicas(t *testing.T, n int) *replicas {
 // leader returns the index of the replica that answers as the leader, or -1.
 func (r *replicas) leader() int {
 	for i, a := range r.addrs {
-		if r.procs[i].cmd.ProcessState != nil {
-			continue
+		select {
+		case <-r.procs[i].done:
+			continue // exited
+		default:
 		}
 		conn, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
