@@ -93,6 +93,31 @@ type proc struct {
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
+	logs *tailBuffer // its last log lines, printed when a test fails
+}
+
+// tailBuffer keeps the last lines written to it.
+type tailBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, l := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		b.lines = append(b.lines, l)
+	}
+	if len(b.lines) > 60 {
+		b.lines = b.lines[len(b.lines)-60:]
+	}
+	return len(p), nil
+}
+
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.lines, "\n")
 }
 
 // chaosPorts is the chaos tests' own port range for process sandboxes:
@@ -105,9 +130,14 @@ func start(t *testing.T, name string, args ...string) *proc {
 	if len(args) > 0 && args[0] == "worker" {
 		args = append(args, "--port-range", chaosPorts)
 	}
-	p := &proc{name: name, args: args}
+	p := &proc{name: name, args: args, logs: &tailBuffer{}}
 	p.start(t)
-	t.Cleanup(func() { p.kill() })
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("last log lines of %s:\n%s", p.name, p.logs)
+		}
+	})
 	return p
 }
 
@@ -116,8 +146,9 @@ func (p *proc) start(t *testing.T) {
 	p.cmd = exec.Command(bin(t, "baton"), p.args...)
 	p.cmd.Args[0] = "baton-" + p.name // visible in ps
 	p.cmd.Path = bin(t, "baton")
+	p.cmd.Stderr = p.logs
 	if os.Getenv("BATON_TEST_LOG") != "" {
-		p.cmd.Stderr = prefixWriter{p.name, os.Stderr}
+		p.cmd.Stderr = io.MultiWriter(p.logs, prefixWriter{p.name, os.Stderr})
 	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -82,7 +82,7 @@ func TestPartitionedWorkerReconciles(t *testing.T) {
 	// sandboxes listen on that host's address.
 	// nsenter switches only the network namespace ("ip netns exec" would
 	// also remount /sys, hiding the cgroup hierarchies).
-	remote := &proc{name: "w-netns", args: []string{"--net=/var/run/netns/" + h.ns, bin(t, "baton"), "worker", "--controlplane", cpAddr,
+	remote := &proc{name: "w-netns", logs: &tailBuffer{}, args: []string{"--net=/var/run/netns/" + h.ns, bin(t, "baton"), "worker", "--controlplane", cpAddr,
 		"--worker-id", "chaos-netns", "--sandbox-host", h.nsIP, "--port-range", chaosPorts}}
 	remote.cmd = exec.Command("nsenter", remote.args...)
 	if os.Getenv("BATON_TEST_LOG") != "" {
