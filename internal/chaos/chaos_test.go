@@ -37,14 +37,13 @@ func workersUp(t *testing.T, c *cpclient.Client, n, dps int) {
 	})
 }
 
-func readyOf(t *testing.T, c *cpclient.Client, fn string) (ready int32, workers map[string]int) {
-	st := status(t, c)
-	for _, f := range st.Functions {
+func readyOf(t *testing.T, c *cpclient.Client, fn string) int32 {
+	for _, f := range status(t, c).Functions {
 		if f.Spec.Name == fn {
-			ready = f.Status.Ready
+			return f.Status.Ready
 		}
 	}
-	return ready, nil
+	return 0
 }
 
 // Scenarios 1 and 5 of issue 5: SIGKILL the leader of three control-plane
@@ -66,7 +65,7 @@ func TestKillLeaderThenRestartAllReplicas(t *testing.T) {
 	for i := range colds {
 		deploy(t, c, helloSpec(t, fmt.Sprintf("cold-%d", i), 0))
 	}
-	waitFor(t, 10*time.Second, "warm ready", func() bool { n, _ := readyOf(t, c, "warm"); return n == 1 })
+	waitFor(t, 10*time.Second, "warm ready", func() bool { n := readyOf(t, c, "warm"); return n == 1 })
 	if code, _, err := invoke(dp, "cold-0"); code != 200 {
 		t.Fatalf("cold start before the kill: %d %v", code, err)
 	}
@@ -188,7 +187,7 @@ func TestKillAndRestartDataPlane(t *testing.T) {
 	start(t, "worker", "worker", "--controlplane", cp, "--worker-id", "chaos-w2")
 	workersUp(t, c, 1, 2)
 	deploy(t, c, helloSpec(t, "f", 1))
-	waitFor(t, 10*time.Second, "f ready", func() bool { n, _ := readyOf(t, c, "f"); return n == 1 })
+	waitFor(t, 10*time.Second, "f ready", func() bool { n := readyOf(t, c, "f"); return n == 1 })
 
 	l := startLoad([]string{dpB}, "f", 2*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
@@ -249,7 +248,7 @@ func TestKillWorker(t *testing.T) {
 	killed := time.Now()
 	recovered := waitFor(t, 10*time.Second, "two sandboxes on the surviving worker", func() bool {
 		a, b := onW1()
-		n, _ := readyOf(t, c, "f")
+		n := readyOf(t, c, "f")
 		return a == 0 && b == 2 && n == 2
 	})
 	time.Sleep(200 * time.Millisecond)

@@ -108,7 +108,7 @@ func TestPartitionedWorkerReconciles(t *testing.T) {
 	}
 	waitFor(t, 15*time.Second, "one ready sandbox on each worker", func() bool {
 		m := perWorker()
-		ready, _ := readyOf(t, c, "f")
+		ready := readyOf(t, c, "f")
 		return m["chaos-host"] == 1 && m["chaos-netns"] == 1 && ready == 2
 	})
 	if code, _, err := invoke(dp, "f"); code != 200 {
@@ -123,7 +123,7 @@ func TestPartitionedWorkerReconciles(t *testing.T) {
 	replaced := waitFor(t, 15*time.Second, "the cut-off worker declared down and its sandbox replaced", func() bool {
 		m := perWorker()
 		_, netnsUp := m["chaos-netns"]
-		ready, _ := readyOf(t, c, "f")
+		ready := readyOf(t, c, "f")
 		return !netnsUp && m["chaos-host"] == 2 && ready == 2
 	})
 	if code, _, err := invoke(dp, "f"); code != 200 {

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -85,15 +86,14 @@ func (c *Config) setDefaults() {
 type ControlPlane struct {
 	pb.UnimplementedControlPlaneServer
 
-	cfg     Config
-	log     *slog.Logger
-	store   *store.Counting
-	ownsDB  bool
-	lis     net.Listener
-	dlis    net.Listener // the Dirigent front door, or nil
-	grpc    *grpc.Server
-	placer  placement.Policy
-	metrics metrics
+	cfg    Config
+	log    *slog.Logger
+	store  *store.Counting
+	ownsDB bool
+	lis    net.Listener
+	dlis   net.Listener // the Dirigent front door, or nil
+	grpc   *grpc.Server
+	placer placement.Policy
 
 	writeMu sync.Mutex // serialises registry writes
 
@@ -117,10 +117,6 @@ type ControlPlane struct {
 	ctx    context.Context // set by Run; timers stop with it
 	wg     sync.WaitGroup
 	closed atomic.Bool
-}
-
-type metrics struct {
-	creations atomic.Uint64
 }
 
 // New opens the store, loads the registry and binds the API listener.
@@ -274,12 +270,32 @@ func (cp *ControlPlane) afterFunc(d time.Duration, f func()) {
 	if cp.closed.Load() {
 		return
 	}
-	t := time.AfterFunc(d, func() {
+	time.AfterFunc(d, func() {
 		if !cp.closed.Load() {
 			f()
 		}
 	})
-	_ = t
+}
+
+// pump runs a session's sender and its receive loop until either ends or
+// the control plane stops, and returns the first error (a clean end of the
+// stream is nil). close runs before pump returns, to stop the sender.
+func (cp *ControlPlane) pump(send func() error, recv func() error, close func()) error {
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- send() }()
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- recv() }()
+	var err error
+	select {
+	case err = <-sendErr:
+	case err = <-recvErr:
+	case <-cp.ctx.Done():
+	}
+	close()
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return err
 }
 
 // nextEpoch returns a session epoch larger than every one handed out before

@@ -1,8 +1,6 @@
 package controlplane
 
 import (
-	"errors"
-	"io"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -77,36 +75,26 @@ func (cp *ControlPlane) DataPlaneSession(stream pb.ControlPlane_DataPlaneSession
 		cp.log.Info("data plane disconnected", "data_plane", s.id, "epoch", s.epoch)
 	}()
 
-	sendErr := make(chan error, 1)
-	go func() { sendErr <- cp.dataPlaneSender(stream, s) }()
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			msg, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
+	return cp.pump(
+		func() error { return cp.dataPlaneSender(stream, s) },
+		func() error {
+			for {
+				msg, err := stream.Recv()
+				if err != nil {
+					return err
+				}
+				cp.handleDataPlaneMessage(s, msg)
 			}
-			cp.handleDataPlaneMessage(s, msg)
-		}
-	}()
-	select {
-	case err = <-sendErr:
-	case err = <-recvErr:
-	case <-cp.ctx.Done():
-		err = nil
-	}
-	cp.mu.Lock()
-	s.closed = true
-	cp.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return err
+		},
+		func() {
+			cp.mu.Lock()
+			s.closed = true
+			cp.mu.Unlock()
+			select {
+			case s.wake <- struct{}{}:
+			default:
+			}
+		})
 }
 
 func (cp *ControlPlane) dataPlaneSender(stream pb.ControlPlane_DataPlaneSessionServer, s *dataPlaneSession) error {

@@ -172,7 +172,6 @@ func (cp *ControlPlane) createSandbox(fn *function) error {
 	w.session.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Create{Create: &pb.CreateSandbox{
 		SandboxId: sb.id, Spec: spec, Generation: fn.def.Generation,
 	}}})
-	cp.metrics.creations.Add(1)
 	return nil
 }
 

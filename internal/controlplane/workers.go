@@ -1,8 +1,6 @@
 package controlplane
 
 import (
-	"errors"
-	"io"
 	"sync"
 	"time"
 
@@ -62,30 +60,18 @@ func (cp *ControlPlane) WorkerSession(stream pb.ControlPlane_WorkerSessionServer
 		"cpu", hello.Capacity.GetCpuMillicores(), "memory_mib", hello.Capacity.GetMemoryMib())
 	defer cp.closeWorkerSession(sess)
 
-	sendErr := make(chan error, 1)
-	go func() { sendErr <- cp.workerSender(stream, sess) }()
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			msg, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
+	return cp.pump(
+		func() error { return cp.workerSender(stream, sess) },
+		func() error {
+			for {
+				msg, err := stream.Recv()
+				if err != nil {
+					return err
+				}
+				cp.handleWorkerMessage(sess, msg)
 			}
-			cp.handleWorkerMessage(sess, msg)
-		}
-	}()
-	select {
-	case err = <-sendErr:
-	case err = <-recvErr:
-	case <-cp.ctx.Done():
-		err = nil
-	}
-	sess.close()
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return err
+		},
+		sess.close)
 }
 
 func (cp *ControlPlane) workerSender(stream pb.ControlPlane_WorkerSessionServer, s *workerSession) error {
