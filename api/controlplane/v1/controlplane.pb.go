@@ -33,6 +33,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RetryPolicy int32
+
+const (
+	RetryPolicy_RETRY_POLICY_UNSPECIFIED RetryPolicy = 0 // the control plane's default: IDEMPOTENT
+	// Only requests that are safe to repeat: GET, HEAD, OPTIONS, TRACE, or any
+	// request with an Idempotency-Key header.
+	RetryPolicy_RETRY_POLICY_IDEMPOTENT RetryPolicy = 1
+	// Every request whose body the data plane still holds: the function says
+	// running a request twice is harmless.
+	RetryPolicy_RETRY_POLICY_ALWAYS RetryPolicy = 2
+	RetryPolicy_RETRY_POLICY_NEVER  RetryPolicy = 3
+)
+
+// Enum value maps for RetryPolicy.
+var (
+	RetryPolicy_name = map[int32]string{
+		0: "RETRY_POLICY_UNSPECIFIED",
+		1: "RETRY_POLICY_IDEMPOTENT",
+		2: "RETRY_POLICY_ALWAYS",
+		3: "RETRY_POLICY_NEVER",
+	}
+	RetryPolicy_value = map[string]int32{
+		"RETRY_POLICY_UNSPECIFIED": 0,
+		"RETRY_POLICY_IDEMPOTENT":  1,
+		"RETRY_POLICY_ALWAYS":      2,
+		"RETRY_POLICY_NEVER":       3,
+	}
+)
+
+func (x RetryPolicy) Enum() *RetryPolicy {
+	p := new(RetryPolicy)
+	*p = x
+	return p
+}
+
+func (x RetryPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RetryPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_controlplane_v1_controlplane_proto_enumTypes[0].Descriptor()
+}
+
+func (RetryPolicy) Type() protoreflect.EnumType {
+	return &file_api_controlplane_v1_controlplane_proto_enumTypes[0]
+}
+
+func (x RetryPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RetryPolicy.Descriptor instead.
+func (RetryPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{0}
+}
+
 type SandboxEvent_Kind int32
 
 const (
@@ -72,11 +128,11 @@ func (x SandboxEvent_Kind) String() string {
 }
 
 func (SandboxEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_api_controlplane_v1_controlplane_proto_enumTypes[0].Descriptor()
+	return file_api_controlplane_v1_controlplane_proto_enumTypes[1].Descriptor()
 }
 
 func (SandboxEvent_Kind) Type() protoreflect.EnumType {
-	return &file_api_controlplane_v1_controlplane_proto_enumTypes[0]
+	return &file_api_controlplane_v1_controlplane_proto_enumTypes[1]
 }
 
 func (x SandboxEvent_Kind) Number() protoreflect.EnumNumber {
@@ -219,6 +275,9 @@ type FunctionSpec struct {
 	Args          []string               `protobuf:"bytes,8,rep,name=args,proto3" json:"args,omitempty"`
 	TimeoutMs     int64                  `protobuf:"varint,9,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"` // bounds a request's whole life in the data plane
 	Scaling       *ScalingSpec           `protobuf:"bytes,10,opt,name=scaling,proto3" json:"scaling,omitempty"`
+	// retry says which requests the data plane may send again to another
+	// sandbox when the one it chose died before answering anything.
+	Retry         RetryPolicy `protobuf:"varint,12,opt,name=retry,proto3,enum=baton.controlplane.v1.RetryPolicy" json:"retry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -321,6 +380,13 @@ func (x *FunctionSpec) GetScaling() *ScalingSpec {
 		return x.Scaling
 	}
 	return nil
+}
+
+func (x *FunctionSpec) GetRetry() RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return RetryPolicy_RETRY_POLICY_UNSPECIFIED
 }
 
 type Function struct {
@@ -2299,7 +2365,8 @@ type FunctionRoute struct {
 	Endpoints   []*Endpoint            `protobuf:"bytes,7,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	// error, when not empty, says why sandboxes of this function fail to start;
 	// requests waiting for one are answered 502 with it.
-	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	Error         string      `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	Retry         RetryPolicy `protobuf:"varint,9,opt,name=retry,proto3,enum=baton.controlplane.v1.RetryPolicy" json:"retry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2390,6 +2457,13 @@ func (x *FunctionRoute) GetError() string {
 	return ""
 }
 
+func (x *FunctionRoute) GetRetry() RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return RetryPolicy_RETRY_POLICY_UNSPECIFIED
+}
+
 type Endpoint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
@@ -2474,7 +2548,7 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\x11max_scale_up_rate\x18\b \x01(\x01R\x0emaxScaleUpRate\x12-\n" +
 	"\x13max_scale_down_rate\x18\t \x01(\x01R\x10maxScaleDownRate\x122\n" +
 	"\x16scale_to_zero_grace_ms\x18\n" +
-	" \x01(\x03R\x12scaleToZeroGraceMs\"\xa1\x03\n" +
+	" \x01(\x03R\x12scaleToZeroGraceMs\"\xdb\x03\n" +
 	"\fFunctionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06binary\x18\x02 \x01(\tR\x06binary\x12\x14\n" +
@@ -2488,7 +2562,8 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ms\x18\t \x01(\x03R\ttimeoutMs\x12<\n" +
 	"\ascaling\x18\n" +
-	" \x01(\v2\".baton.controlplane.v1.ScalingSpecR\ascaling\x1a6\n" +
+	" \x01(\v2\".baton.controlplane.v1.ScalingSpecR\ascaling\x128\n" +
+	"\x05retry\x18\f \x01(\x0e2\".baton.controlplane.v1.RetryPolicyR\x05retry\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
@@ -2642,7 +2717,7 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\vRouteUpdate\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x12\n" +
 	"\x04full\x18\x02 \x01(\bR\x04full\x12B\n" +
-	"\tfunctions\x18\x03 \x03(\v2$.baton.controlplane.v1.FunctionRouteR\tfunctions\"\x8d\x02\n" +
+	"\tfunctions\x18\x03 \x03(\v2$.baton.controlplane.v1.FunctionRouteR\tfunctions\"\xc7\x02\n" +
 	"\rFunctionRoute\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x18\n" +
@@ -2654,13 +2729,19 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"generation\x18\x06 \x01(\x04R\n" +
 	"generation\x12=\n" +
 	"\tendpoints\x18\a \x03(\v2\x1f.baton.controlplane.v1.EndpointR\tendpoints\x12\x14\n" +
-	"\x05error\x18\b \x01(\tR\x05error\"\x85\x01\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x128\n" +
+	"\x05retry\x18\t \x01(\x0e2\".baton.controlplane.v1.RetryPolicyR\x05retry\"\x85\x01\n" +
 	"\bEndpoint\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1b\n" +
 	"\tworker_id\x18\x03 \x01(\tR\bworkerId\x12#\n" +
-	"\rcreate_micros\x18\x04 \x01(\x03R\fcreateMicros2\xd5\x05\n" +
+	"\rcreate_micros\x18\x04 \x01(\x03R\fcreateMicros*y\n" +
+	"\vRetryPolicy\x12\x1c\n" +
+	"\x18RETRY_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17RETRY_POLICY_IDEMPOTENT\x10\x01\x12\x17\n" +
+	"\x13RETRY_POLICY_ALWAYS\x10\x02\x12\x16\n" +
+	"\x12RETRY_POLICY_NEVER\x10\x032\xd5\x05\n" +
 	"\fControlPlane\x12m\n" +
 	"\x0eDeployFunction\x12,.baton.controlplane.v1.DeployFunctionRequest\x1a-.baton.controlplane.v1.DeployFunctionResponse\x12Y\n" +
 	"\vGetFunction\x12).baton.controlplane.v1.GetFunctionRequest\x1a\x1f.baton.controlplane.v1.Function\x12j\n" +
@@ -2682,97 +2763,100 @@ func file_api_controlplane_v1_controlplane_proto_rawDescGZIP() []byte {
 	return file_api_controlplane_v1_controlplane_proto_rawDescData
 }
 
-var file_api_controlplane_v1_controlplane_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_api_controlplane_v1_controlplane_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_api_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_api_controlplane_v1_controlplane_proto_goTypes = []any{
-	(SandboxEvent_Kind)(0),         // 0: baton.controlplane.v1.SandboxEvent.Kind
-	(*ScalingSpec)(nil),            // 1: baton.controlplane.v1.ScalingSpec
-	(*FunctionSpec)(nil),           // 2: baton.controlplane.v1.FunctionSpec
-	(*Function)(nil),               // 3: baton.controlplane.v1.Function
-	(*FunctionStatus)(nil),         // 4: baton.controlplane.v1.FunctionStatus
-	(*DeployFunctionRequest)(nil),  // 5: baton.controlplane.v1.DeployFunctionRequest
-	(*DeployFunctionResponse)(nil), // 6: baton.controlplane.v1.DeployFunctionResponse
-	(*GetFunctionRequest)(nil),     // 7: baton.controlplane.v1.GetFunctionRequest
-	(*ListFunctionsRequest)(nil),   // 8: baton.controlplane.v1.ListFunctionsRequest
-	(*ListFunctionsResponse)(nil),  // 9: baton.controlplane.v1.ListFunctionsResponse
-	(*DeleteFunctionRequest)(nil),  // 10: baton.controlplane.v1.DeleteFunctionRequest
-	(*DeleteFunctionResponse)(nil), // 11: baton.controlplane.v1.DeleteFunctionResponse
-	(*GetStatusRequest)(nil),       // 12: baton.controlplane.v1.GetStatusRequest
-	(*ClusterStatus)(nil),          // 13: baton.controlplane.v1.ClusterStatus
-	(*WorkerStatus)(nil),           // 14: baton.controlplane.v1.WorkerStatus
-	(*DataPlaneStatus)(nil),        // 15: baton.controlplane.v1.DataPlaneStatus
-	(*Resources)(nil),              // 16: baton.controlplane.v1.Resources
-	(*WorkerMessage)(nil),          // 17: baton.controlplane.v1.WorkerMessage
-	(*WorkerHello)(nil),            // 18: baton.controlplane.v1.WorkerHello
-	(*WorkerHeartbeat)(nil),        // 19: baton.controlplane.v1.WorkerHeartbeat
-	(*SandboxInfo)(nil),            // 20: baton.controlplane.v1.SandboxInfo
-	(*SandboxEvent)(nil),           // 21: baton.controlplane.v1.SandboxEvent
-	(*WorkerCommand)(nil),          // 22: baton.controlplane.v1.WorkerCommand
-	(*SessionAccepted)(nil),        // 23: baton.controlplane.v1.SessionAccepted
-	(*CreateSandbox)(nil),          // 24: baton.controlplane.v1.CreateSandbox
-	(*DeleteSandbox)(nil),          // 25: baton.controlplane.v1.DeleteSandbox
-	(*DataPlaneMessage)(nil),       // 26: baton.controlplane.v1.DataPlaneMessage
-	(*RouteAck)(nil),               // 27: baton.controlplane.v1.RouteAck
-	(*DataPlaneHello)(nil),         // 28: baton.controlplane.v1.DataPlaneHello
-	(*LoadReport)(nil),             // 29: baton.controlplane.v1.LoadReport
-	(*FunctionLoad)(nil),           // 30: baton.controlplane.v1.FunctionLoad
-	(*ScaleRequest)(nil),           // 31: baton.controlplane.v1.ScaleRequest
-	(*RouteUpdate)(nil),            // 32: baton.controlplane.v1.RouteUpdate
-	(*FunctionRoute)(nil),          // 33: baton.controlplane.v1.FunctionRoute
-	(*Endpoint)(nil),               // 34: baton.controlplane.v1.Endpoint
-	nil,                            // 35: baton.controlplane.v1.FunctionSpec.EnvEntry
+	(RetryPolicy)(0),               // 0: baton.controlplane.v1.RetryPolicy
+	(SandboxEvent_Kind)(0),         // 1: baton.controlplane.v1.SandboxEvent.Kind
+	(*ScalingSpec)(nil),            // 2: baton.controlplane.v1.ScalingSpec
+	(*FunctionSpec)(nil),           // 3: baton.controlplane.v1.FunctionSpec
+	(*Function)(nil),               // 4: baton.controlplane.v1.Function
+	(*FunctionStatus)(nil),         // 5: baton.controlplane.v1.FunctionStatus
+	(*DeployFunctionRequest)(nil),  // 6: baton.controlplane.v1.DeployFunctionRequest
+	(*DeployFunctionResponse)(nil), // 7: baton.controlplane.v1.DeployFunctionResponse
+	(*GetFunctionRequest)(nil),     // 8: baton.controlplane.v1.GetFunctionRequest
+	(*ListFunctionsRequest)(nil),   // 9: baton.controlplane.v1.ListFunctionsRequest
+	(*ListFunctionsResponse)(nil),  // 10: baton.controlplane.v1.ListFunctionsResponse
+	(*DeleteFunctionRequest)(nil),  // 11: baton.controlplane.v1.DeleteFunctionRequest
+	(*DeleteFunctionResponse)(nil), // 12: baton.controlplane.v1.DeleteFunctionResponse
+	(*GetStatusRequest)(nil),       // 13: baton.controlplane.v1.GetStatusRequest
+	(*ClusterStatus)(nil),          // 14: baton.controlplane.v1.ClusterStatus
+	(*WorkerStatus)(nil),           // 15: baton.controlplane.v1.WorkerStatus
+	(*DataPlaneStatus)(nil),        // 16: baton.controlplane.v1.DataPlaneStatus
+	(*Resources)(nil),              // 17: baton.controlplane.v1.Resources
+	(*WorkerMessage)(nil),          // 18: baton.controlplane.v1.WorkerMessage
+	(*WorkerHello)(nil),            // 19: baton.controlplane.v1.WorkerHello
+	(*WorkerHeartbeat)(nil),        // 20: baton.controlplane.v1.WorkerHeartbeat
+	(*SandboxInfo)(nil),            // 21: baton.controlplane.v1.SandboxInfo
+	(*SandboxEvent)(nil),           // 22: baton.controlplane.v1.SandboxEvent
+	(*WorkerCommand)(nil),          // 23: baton.controlplane.v1.WorkerCommand
+	(*SessionAccepted)(nil),        // 24: baton.controlplane.v1.SessionAccepted
+	(*CreateSandbox)(nil),          // 25: baton.controlplane.v1.CreateSandbox
+	(*DeleteSandbox)(nil),          // 26: baton.controlplane.v1.DeleteSandbox
+	(*DataPlaneMessage)(nil),       // 27: baton.controlplane.v1.DataPlaneMessage
+	(*RouteAck)(nil),               // 28: baton.controlplane.v1.RouteAck
+	(*DataPlaneHello)(nil),         // 29: baton.controlplane.v1.DataPlaneHello
+	(*LoadReport)(nil),             // 30: baton.controlplane.v1.LoadReport
+	(*FunctionLoad)(nil),           // 31: baton.controlplane.v1.FunctionLoad
+	(*ScaleRequest)(nil),           // 32: baton.controlplane.v1.ScaleRequest
+	(*RouteUpdate)(nil),            // 33: baton.controlplane.v1.RouteUpdate
+	(*FunctionRoute)(nil),          // 34: baton.controlplane.v1.FunctionRoute
+	(*Endpoint)(nil),               // 35: baton.controlplane.v1.Endpoint
+	nil,                            // 36: baton.controlplane.v1.FunctionSpec.EnvEntry
 }
 var file_api_controlplane_v1_controlplane_proto_depIdxs = []int32{
-	35, // 0: baton.controlplane.v1.FunctionSpec.env:type_name -> baton.controlplane.v1.FunctionSpec.EnvEntry
-	1,  // 1: baton.controlplane.v1.FunctionSpec.scaling:type_name -> baton.controlplane.v1.ScalingSpec
-	2,  // 2: baton.controlplane.v1.Function.spec:type_name -> baton.controlplane.v1.FunctionSpec
-	4,  // 3: baton.controlplane.v1.Function.status:type_name -> baton.controlplane.v1.FunctionStatus
-	2,  // 4: baton.controlplane.v1.DeployFunctionRequest.spec:type_name -> baton.controlplane.v1.FunctionSpec
-	3,  // 5: baton.controlplane.v1.DeployFunctionResponse.function:type_name -> baton.controlplane.v1.Function
-	3,  // 6: baton.controlplane.v1.ListFunctionsResponse.functions:type_name -> baton.controlplane.v1.Function
-	14, // 7: baton.controlplane.v1.ClusterStatus.workers:type_name -> baton.controlplane.v1.WorkerStatus
-	3,  // 8: baton.controlplane.v1.ClusterStatus.functions:type_name -> baton.controlplane.v1.Function
-	15, // 9: baton.controlplane.v1.ClusterStatus.data_planes:type_name -> baton.controlplane.v1.DataPlaneStatus
-	16, // 10: baton.controlplane.v1.WorkerStatus.capacity:type_name -> baton.controlplane.v1.Resources
-	16, // 11: baton.controlplane.v1.WorkerStatus.used:type_name -> baton.controlplane.v1.Resources
-	18, // 12: baton.controlplane.v1.WorkerMessage.hello:type_name -> baton.controlplane.v1.WorkerHello
-	19, // 13: baton.controlplane.v1.WorkerMessage.heartbeat:type_name -> baton.controlplane.v1.WorkerHeartbeat
-	21, // 14: baton.controlplane.v1.WorkerMessage.event:type_name -> baton.controlplane.v1.SandboxEvent
-	16, // 15: baton.controlplane.v1.WorkerHello.capacity:type_name -> baton.controlplane.v1.Resources
-	20, // 16: baton.controlplane.v1.WorkerHello.sandboxes:type_name -> baton.controlplane.v1.SandboxInfo
-	16, // 17: baton.controlplane.v1.WorkerHeartbeat.used:type_name -> baton.controlplane.v1.Resources
-	0,  // 18: baton.controlplane.v1.SandboxEvent.kind:type_name -> baton.controlplane.v1.SandboxEvent.Kind
-	20, // 19: baton.controlplane.v1.SandboxEvent.sandbox:type_name -> baton.controlplane.v1.SandboxInfo
-	23, // 20: baton.controlplane.v1.WorkerCommand.accepted:type_name -> baton.controlplane.v1.SessionAccepted
-	24, // 21: baton.controlplane.v1.WorkerCommand.create:type_name -> baton.controlplane.v1.CreateSandbox
-	25, // 22: baton.controlplane.v1.WorkerCommand.delete:type_name -> baton.controlplane.v1.DeleteSandbox
-	2,  // 23: baton.controlplane.v1.CreateSandbox.spec:type_name -> baton.controlplane.v1.FunctionSpec
-	28, // 24: baton.controlplane.v1.DataPlaneMessage.hello:type_name -> baton.controlplane.v1.DataPlaneHello
-	29, // 25: baton.controlplane.v1.DataPlaneMessage.load:type_name -> baton.controlplane.v1.LoadReport
-	31, // 26: baton.controlplane.v1.DataPlaneMessage.scale:type_name -> baton.controlplane.v1.ScaleRequest
-	27, // 27: baton.controlplane.v1.DataPlaneMessage.ack:type_name -> baton.controlplane.v1.RouteAck
-	30, // 28: baton.controlplane.v1.LoadReport.functions:type_name -> baton.controlplane.v1.FunctionLoad
-	33, // 29: baton.controlplane.v1.RouteUpdate.functions:type_name -> baton.controlplane.v1.FunctionRoute
-	34, // 30: baton.controlplane.v1.FunctionRoute.endpoints:type_name -> baton.controlplane.v1.Endpoint
-	5,  // 31: baton.controlplane.v1.ControlPlane.DeployFunction:input_type -> baton.controlplane.v1.DeployFunctionRequest
-	7,  // 32: baton.controlplane.v1.ControlPlane.GetFunction:input_type -> baton.controlplane.v1.GetFunctionRequest
-	8,  // 33: baton.controlplane.v1.ControlPlane.ListFunctions:input_type -> baton.controlplane.v1.ListFunctionsRequest
-	10, // 34: baton.controlplane.v1.ControlPlane.DeleteFunction:input_type -> baton.controlplane.v1.DeleteFunctionRequest
-	12, // 35: baton.controlplane.v1.ControlPlane.GetStatus:input_type -> baton.controlplane.v1.GetStatusRequest
-	17, // 36: baton.controlplane.v1.ControlPlane.WorkerSession:input_type -> baton.controlplane.v1.WorkerMessage
-	26, // 37: baton.controlplane.v1.ControlPlane.DataPlaneSession:input_type -> baton.controlplane.v1.DataPlaneMessage
-	6,  // 38: baton.controlplane.v1.ControlPlane.DeployFunction:output_type -> baton.controlplane.v1.DeployFunctionResponse
-	3,  // 39: baton.controlplane.v1.ControlPlane.GetFunction:output_type -> baton.controlplane.v1.Function
-	9,  // 40: baton.controlplane.v1.ControlPlane.ListFunctions:output_type -> baton.controlplane.v1.ListFunctionsResponse
-	11, // 41: baton.controlplane.v1.ControlPlane.DeleteFunction:output_type -> baton.controlplane.v1.DeleteFunctionResponse
-	13, // 42: baton.controlplane.v1.ControlPlane.GetStatus:output_type -> baton.controlplane.v1.ClusterStatus
-	22, // 43: baton.controlplane.v1.ControlPlane.WorkerSession:output_type -> baton.controlplane.v1.WorkerCommand
-	32, // 44: baton.controlplane.v1.ControlPlane.DataPlaneSession:output_type -> baton.controlplane.v1.RouteUpdate
-	38, // [38:45] is the sub-list for method output_type
-	31, // [31:38] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	36, // 0: baton.controlplane.v1.FunctionSpec.env:type_name -> baton.controlplane.v1.FunctionSpec.EnvEntry
+	2,  // 1: baton.controlplane.v1.FunctionSpec.scaling:type_name -> baton.controlplane.v1.ScalingSpec
+	0,  // 2: baton.controlplane.v1.FunctionSpec.retry:type_name -> baton.controlplane.v1.RetryPolicy
+	3,  // 3: baton.controlplane.v1.Function.spec:type_name -> baton.controlplane.v1.FunctionSpec
+	5,  // 4: baton.controlplane.v1.Function.status:type_name -> baton.controlplane.v1.FunctionStatus
+	3,  // 5: baton.controlplane.v1.DeployFunctionRequest.spec:type_name -> baton.controlplane.v1.FunctionSpec
+	4,  // 6: baton.controlplane.v1.DeployFunctionResponse.function:type_name -> baton.controlplane.v1.Function
+	4,  // 7: baton.controlplane.v1.ListFunctionsResponse.functions:type_name -> baton.controlplane.v1.Function
+	15, // 8: baton.controlplane.v1.ClusterStatus.workers:type_name -> baton.controlplane.v1.WorkerStatus
+	4,  // 9: baton.controlplane.v1.ClusterStatus.functions:type_name -> baton.controlplane.v1.Function
+	16, // 10: baton.controlplane.v1.ClusterStatus.data_planes:type_name -> baton.controlplane.v1.DataPlaneStatus
+	17, // 11: baton.controlplane.v1.WorkerStatus.capacity:type_name -> baton.controlplane.v1.Resources
+	17, // 12: baton.controlplane.v1.WorkerStatus.used:type_name -> baton.controlplane.v1.Resources
+	19, // 13: baton.controlplane.v1.WorkerMessage.hello:type_name -> baton.controlplane.v1.WorkerHello
+	20, // 14: baton.controlplane.v1.WorkerMessage.heartbeat:type_name -> baton.controlplane.v1.WorkerHeartbeat
+	22, // 15: baton.controlplane.v1.WorkerMessage.event:type_name -> baton.controlplane.v1.SandboxEvent
+	17, // 16: baton.controlplane.v1.WorkerHello.capacity:type_name -> baton.controlplane.v1.Resources
+	21, // 17: baton.controlplane.v1.WorkerHello.sandboxes:type_name -> baton.controlplane.v1.SandboxInfo
+	17, // 18: baton.controlplane.v1.WorkerHeartbeat.used:type_name -> baton.controlplane.v1.Resources
+	1,  // 19: baton.controlplane.v1.SandboxEvent.kind:type_name -> baton.controlplane.v1.SandboxEvent.Kind
+	21, // 20: baton.controlplane.v1.SandboxEvent.sandbox:type_name -> baton.controlplane.v1.SandboxInfo
+	24, // 21: baton.controlplane.v1.WorkerCommand.accepted:type_name -> baton.controlplane.v1.SessionAccepted
+	25, // 22: baton.controlplane.v1.WorkerCommand.create:type_name -> baton.controlplane.v1.CreateSandbox
+	26, // 23: baton.controlplane.v1.WorkerCommand.delete:type_name -> baton.controlplane.v1.DeleteSandbox
+	3,  // 24: baton.controlplane.v1.CreateSandbox.spec:type_name -> baton.controlplane.v1.FunctionSpec
+	29, // 25: baton.controlplane.v1.DataPlaneMessage.hello:type_name -> baton.controlplane.v1.DataPlaneHello
+	30, // 26: baton.controlplane.v1.DataPlaneMessage.load:type_name -> baton.controlplane.v1.LoadReport
+	32, // 27: baton.controlplane.v1.DataPlaneMessage.scale:type_name -> baton.controlplane.v1.ScaleRequest
+	28, // 28: baton.controlplane.v1.DataPlaneMessage.ack:type_name -> baton.controlplane.v1.RouteAck
+	31, // 29: baton.controlplane.v1.LoadReport.functions:type_name -> baton.controlplane.v1.FunctionLoad
+	34, // 30: baton.controlplane.v1.RouteUpdate.functions:type_name -> baton.controlplane.v1.FunctionRoute
+	35, // 31: baton.controlplane.v1.FunctionRoute.endpoints:type_name -> baton.controlplane.v1.Endpoint
+	0,  // 32: baton.controlplane.v1.FunctionRoute.retry:type_name -> baton.controlplane.v1.RetryPolicy
+	6,  // 33: baton.controlplane.v1.ControlPlane.DeployFunction:input_type -> baton.controlplane.v1.DeployFunctionRequest
+	8,  // 34: baton.controlplane.v1.ControlPlane.GetFunction:input_type -> baton.controlplane.v1.GetFunctionRequest
+	9,  // 35: baton.controlplane.v1.ControlPlane.ListFunctions:input_type -> baton.controlplane.v1.ListFunctionsRequest
+	11, // 36: baton.controlplane.v1.ControlPlane.DeleteFunction:input_type -> baton.controlplane.v1.DeleteFunctionRequest
+	13, // 37: baton.controlplane.v1.ControlPlane.GetStatus:input_type -> baton.controlplane.v1.GetStatusRequest
+	18, // 38: baton.controlplane.v1.ControlPlane.WorkerSession:input_type -> baton.controlplane.v1.WorkerMessage
+	27, // 39: baton.controlplane.v1.ControlPlane.DataPlaneSession:input_type -> baton.controlplane.v1.DataPlaneMessage
+	7,  // 40: baton.controlplane.v1.ControlPlane.DeployFunction:output_type -> baton.controlplane.v1.DeployFunctionResponse
+	4,  // 41: baton.controlplane.v1.ControlPlane.GetFunction:output_type -> baton.controlplane.v1.Function
+	10, // 42: baton.controlplane.v1.ControlPlane.ListFunctions:output_type -> baton.controlplane.v1.ListFunctionsResponse
+	12, // 43: baton.controlplane.v1.ControlPlane.DeleteFunction:output_type -> baton.controlplane.v1.DeleteFunctionResponse
+	14, // 44: baton.controlplane.v1.ControlPlane.GetStatus:output_type -> baton.controlplane.v1.ClusterStatus
+	23, // 45: baton.controlplane.v1.ControlPlane.WorkerSession:output_type -> baton.controlplane.v1.WorkerCommand
+	33, // 46: baton.controlplane.v1.ControlPlane.DataPlaneSession:output_type -> baton.controlplane.v1.RouteUpdate
+	40, // [40:47] is the sub-list for method output_type
+	33, // [33:40] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_api_controlplane_v1_controlplane_proto_init() }
@@ -2801,7 +2885,7 @@ func file_api_controlplane_v1_controlplane_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_controlplane_v1_controlplane_proto_rawDesc), len(file_api_controlplane_v1_controlplane_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
