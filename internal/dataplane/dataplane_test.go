@@ -552,9 +552,28 @@ func TestRetryDeadEndpoint(t *testing.T) {
 			t.Fatalf("request %d: %d %q", i, r.status, r.body)
 		}
 	}
-	r := get(t, c, d, "g", "/")
-	if r.status != 502 || !strings.HasPrefix(r.body, "function \"g\": sandbox dead-2 unreachable: ") {
-		t.Errorf("only a dead endpoint: %d %q", r.status, r.body)
+	// The refused dial took dead-1 out of routing without the control
+	// plane's word.
+	if s, _ := d.Stats("f"); len(s.Endpoints) != 1 || s.Endpoints[0].SandboxID != "live-1" {
+		t.Errorf("f routes to %+v, want live-1 only", s.Endpoints)
+	}
+
+	// g's only sandbox is dead: the request waits for another, as a cold
+	// start, and asks for one.
+	res := make(chan result, 1)
+	go func() { res <- get(t, c, d, "g", "/") }()
+	waitQueued(t, d, "g", 1)
+	eventually(t, 5*time.Second, "a scale request for g", func() bool { return len(cp.scaleRequests("g")) > 0 })
+	// The control plane has not heard of the death yet: an update that
+	// still lists dead-2 does not bring it back.
+	cp.put(route("g", 2, 10, 5000, ep("dead-2", dead)))
+	waitQueued(t, d, "g", 1)
+	if s, _ := d.Stats("g"); len(s.Endpoints) != 0 {
+		t.Errorf("g routes to %+v after an update listing the dead sandbox", s.Endpoints)
+	}
+	cp.put(route("g", 3, 10, 5000, ep("dead-2", dead), ep("live-2", live)))
+	if r := <-res; r.status != 200 || r.header.Get(headerColdStart) != "true" {
+		t.Errorf("g after its sandbox died: %d %q cold=%q", r.status, r.body, r.header.Get(headerColdStart))
 	}
 	for _, name := range []string{"f", "g"} {
 		s, _ := d.Stats(name)
@@ -562,6 +581,121 @@ func TestRetryDeadEndpoint(t *testing.T) {
 			if e.InFlight != 0 {
 				t.Errorf("%s: slot leaked on %s", name, e.SandboxID)
 			}
+		}
+	}
+}
+
+// dropper stands in for a sandbox that dies under each request: it reads
+// the request head and resets the connection without answering. It counts
+// the requests it got.
+func dropper(t *testing.T) (string, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				buf := make([]byte, 4096)
+				var got []byte
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				for !strings.Contains(string(got), "\r\n\r\n") {
+					k, err := c.Read(buf)
+					if err != nil {
+						c.Close()
+						return
+					}
+					got = append(got, buf[:k]...)
+				}
+				n.Add(1)
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			}()
+		}
+	}()
+	return ln.Addr().String(), &n
+}
+
+// TestResendAfterSandboxDied checks the retry policy: a request a sandbox
+// took and dropped without answering goes to another sandbox when its
+// function's policy allows (GET, or any method under ALWAYS), over both
+// engines, with its body; otherwise it gets 502 at once.
+func TestResendAfterSandboxDied(t *testing.T) {
+	t.Parallel()
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h2 := &http.Transport{Protocols: &p}
+	t.Cleanup(h2.CloseIdleConnections)
+	clients := map[string]*http.Client{"h1": newClient(t), "h2c": {Transport: h2}}
+	_, live := sandbox(t, echo)
+	const (
+		def    = controlplanev1.RetryPolicy_RETRY_POLICY_UNSPECIFIED
+		always = controlplanev1.RetryPolicy_RETRY_POLICY_ALWAYS
+		never  = controlplanev1.RetryPolicy_RETRY_POLICY_NEVER
+	)
+	cases := []struct {
+		name   string
+		policy controlplanev1.RetryPolicy
+		method string
+		key    bool // sends an Idempotency-Key
+		resend bool
+	}{
+		{"get-default", def, "GET", false, true},
+		{"post-default", def, "POST", false, false},
+		{"post-key", def, "POST", true, true},
+		{"post-always", always, "POST", false, true},
+		{"get-never", never, "GET", false, false},
+	}
+	for proto, c := range clients {
+		for i, tc := range cases {
+			t.Run(proto+"/"+tc.name, func(t *testing.T) {
+				drop, dropped := dropper(t)
+				r := route("f", 1, 10, 5000, ep("drop", drop))
+				r.Retry = tc.policy
+				cp := newFakeCP(t, r)
+				d := startDP(t, cp, nil)
+				res := make(chan result, 1)
+				go func() {
+					req, _ := http.NewRequest(tc.method, "http://"+d.Addr()+"/x", strings.NewReader("hello"))
+					req.Host = "f"
+					if tc.key {
+						req.Header.Set("Idempotency-Key", fmt.Sprint(i))
+					}
+					res <- do(c, req)
+				}()
+				if !tc.resend {
+					r := <-res
+					if r.status != 502 || !strings.Contains(r.body, "sandbox drop") {
+						t.Errorf("got %d %q, want 502 naming the sandbox", r.status, r.body)
+					}
+					if n := dropped.Load(); n != 1 {
+						t.Errorf("the sandbox got the request %d times, want once", n)
+					}
+					return
+				}
+				waitQueued(t, d, "f", 1)
+				r2 := route("f", 2, 10, 5000, ep("drop", drop), ep("live", live))
+				r2.Retry = tc.policy
+				cp.put(r2)
+				got := <-res
+				want := tc.method + " f /x body=5"
+				if got.status != 200 || !strings.HasPrefix(got.body, want) {
+					t.Errorf("got %d %q, want 200 %q...", got.status, got.body, want)
+				}
+				if n := dropped.Load(); n < 1 {
+					t.Errorf("the dying sandbox never got the request")
+				}
+				if s, _ := d.Stats("f"); len(s.Endpoints) != 1 || s.Endpoints[0].InFlight != 0 {
+					t.Errorf("after the resend f routes to %+v, want live alone with no slot held", s.Endpoints)
+				}
+			})
 		}
 	}
 }

@@ -90,14 +90,23 @@ func (hc *h1Conn) end(c *call, now time.Time) {
 
 // wait queues for a slot, bounded by the function's timeout and by the
 // client staying (the sweeper cancels).
-func (hc *h1Conn) wait(c *call) *reqError {
+func (hc *h1Conn) wait(c *call) *reqError { return hc.waitFor(c, hc.e.rt.acquire) }
+
+// reroute moves c off its dead endpoint to another (see router.reroute),
+// bounded like wait.
+func (hc *h1Conn) reroute(c *call) *reqError {
+	hc.e.up.drop(c.ep.addr)
+	return hc.waitFor(c, hc.e.rt.reroute)
+}
+
+func (hc *h1Conn) waitFor(c *call, acquire func(context.Context, *call) *reqError) *reqError {
 	ctx, cancel := context.WithDeadline(context.Background(), c.arrived.Add(c.timeout))
 	defer cancel()
 	hc.cancel.Store(&cancel)
 	if hc.gone.Load() {
 		cancel()
 	}
-	err := hc.e.rt.acquire(ctx, c)
+	err := acquire(ctx, c)
 	hc.cancel.Store(nil)
 	return err
 }
@@ -109,11 +118,11 @@ func (hc *h1Conn) bodyBuffered() bool {
 	return !hc.streamed && !r.chunked && r.contentLength >= 0 && int64(hc.br.Buffered()-hc.bodyOff) >= r.contentLength
 }
 
-// replayable says whether the request may be sent again on another
+// resendable says whether the request may be sent again on another
 // connection: nothing of it is lost (no body, or all of it still
-// buffered), and sending it twice is harmless.
-func (hc *h1Conn) replayable() bool {
-	return hc.req.idempotent && !hc.streamed && (!hc.req.hasBody() || hc.bodyBuffered())
+// buffered), and the function's retry policy allows it.
+func (hc *h1Conn) resendable(c *call) bool {
+	return mayResend(c.retry, hc.req.idempotent) && !hc.streamed && (!hc.req.hasBody() || hc.bodyBuffered())
 }
 
 // forward sends the request to the endpoint c holds and relays the answer.
@@ -122,22 +131,18 @@ func (hc *h1Conn) forward(c *call, start time.Time, rest string, viaPath bool) (
 	e := hc.e
 	deadline := c.arrived.UnixNano() + int64(c.timeout)
 	tol := tolerance(c.timeout)
-	dialRetried := false
 	var uc *upConn
 	var err error
 	for attempt := 0; ; attempt++ {
 		uc, err = e.up.get(c.ep.addr, start.UnixNano(), deadline)
 		if err != nil {
-			if !dialRetried && isDialError(err) {
-				// Nothing was sent: the sandbox is gone and the route does
-				// not know yet. Try once more elsewhere if a slot is free.
-				dialRetried = true
-				if ep := e.rt.tryOther(c.fn, c.ep); ep != nil {
-					e.rt.release(c.fn, c.ep)
-					c.ep = ep
-					c.cold = c.queued && ep.added.After(c.arrived)
-					continue
+			if isDialError(err) && c.resent < maxResends && time.Now().UnixNano() < deadline {
+				// Nothing was sent: the sandbox is gone and the route
+				// does not know yet. Send it to another.
+				if rerr := hc.reroute(c); rerr != nil {
+					return hc.replyRerouteFailed(c, start, rerr), time.Now()
 				}
+				continue
 			}
 			return hc.replyFailed(c, start, err, deadline), time.Now()
 		}
@@ -166,8 +171,18 @@ func (hc *h1Conn) forward(c *call, start time.Time, rest string, viaPath bool) (
 		if hc.gone.Load() {
 			return false, time.Now()
 		}
-		if uc.reused && nothingBack && attempt < maxRetries && !isTimeout(err) && hc.replayable() {
-			continue // most likely a connection the sandbox had closed
+		if nothingBack && !isTimeout(err) && hc.resendable(c) {
+			switch {
+			case uc.reused && attempt < maxRetries:
+				continue // most likely a connection the sandbox had closed
+			case !uc.reused && c.resent < maxResends:
+				// A fresh connection dropped: the sandbox died under the
+				// request. The retry policy allows sending it elsewhere.
+				if rerr := hc.reroute(c); rerr != nil {
+					return hc.replyRerouteFailed(c, start, rerr), time.Now()
+				}
+				continue
+			}
 		}
 		return hc.replyFailed(c, start, err, deadline), time.Now()
 	}
@@ -478,6 +493,16 @@ func (hc *h1Conn) replyFailed(c *call, start time.Time, err error, deadline int6
 		return hc.replyEarly(errDidNotAnswer(c.fn.name, c.timeout), &t)
 	}
 	return hc.replyEarly(errUpstream(c, err), &t)
+}
+
+// replyRerouteFailed answers a request whose sandbox died and that found
+// no other in time (or whose function went away meanwhile).
+func (hc *h1Conn) replyRerouteFailed(c *call, start time.Time, rerr *reqError) bool {
+	if hc.gone.Load() {
+		return false
+	}
+	t := timing{queue: start.Sub(c.arrived), proxy: time.Since(start), proxied: true}
+	return hc.replyEarly(rerr, &t)
 }
 
 // replyBodyFailed answers a request whose body could not be read or was

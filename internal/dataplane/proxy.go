@@ -1,12 +1,14 @@
 package dataplane
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
 	"sync"
@@ -200,46 +202,83 @@ func isDialError(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// forward sends the request to c.ep and streams the answer back.
+// maxHeldBody is the largest request body the h2c engine reads whole before
+// forwarding, so that it can send it again if the sandbox dies; larger
+// bodies (and those of unknown length) are streamed and never resent.
+const maxHeldBody = 64 << 10
+
+// forward sends the request to c.ep and streams the answer back. If the
+// sandbox turns out dead before answering anything, the request goes to
+// another when nothing was sent (the dial failed) or when the function's
+// retry policy allows it and the body is held.
 func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, c *call, rest string, viaPath bool) {
 	u := *r.URL
 	u.Scheme = "http"
-	u.Host = c.ep.addr
 	if viaPath {
 		u.Path, u.RawPath = rest, rawRest(r.URL.RawPath)
 	}
 	removeHopHeaders(r.Header) // the inbound request is ours to change
-	out := r.WithContext(ctx)  // shallow copy sharing Header
-	out.URL = &u
-	out.Host = c.fn.name
-	out.RequestURI = ""
-	out.Close = false
+	resend := mayResend(c.retry, isIdempotent(r))
 	var body *bodyReader
-	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
-		out.Body, out.ContentLength = nil, 0
-	} else {
+	var held []byte
+	switch {
+	case r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody:
+	case resend && r.ContentLength > 0 && r.ContentLength <= maxHeldBody:
+		held = make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, held); err != nil {
+			if r.Context().Err() == nil {
+				writeError(w, &reqError{400, "function " + strconv.Quote(c.fn.name) + ": reading the request body: " + err.Error() + "\n"}, nil)
+			}
+			return
+		}
+	default:
 		body = &bodyReader{r: r.Body, remaining: e.maxBody}
-		out.Body = body
 	}
 
 	start := time.Now()
-	resp, err := e.transport.RoundTrip(out)
-	if err != nil && isDialError(err) && !body.started() {
-		// Nothing was sent: the sandbox is gone and the route does not know
-		// yet. Try once more elsewhere if a slot is free right now.
-		if ep := e.rt.tryOther(c.fn, c.ep); ep != nil {
-			e.rt.release(c.fn, c.ep)
-			c.ep = ep
-			c.cold = c.queued && ep.added.After(c.arrived)
-			u.Host = ep.addr
-			out = r.WithContext(ctx)
-			out.URL, out.Host, out.RequestURI, out.Close = &u, c.fn.name, "", false
-			if body == nil {
-				out.Body, out.ContentLength = nil, 0
-			} else {
-				out.Body = body
-			}
-			resp, err = e.transport.RoundTrip(out)
+	var resp *http.Response
+	var err error
+	var reused bool // the last attempt went over a kept-alive connection
+	rctx := ctx
+	if resend && body == nil {
+		rctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
+		})
+	}
+	for {
+		u.Host = c.ep.addr
+		out := r.WithContext(rctx) // shallow copy sharing Header
+		out.URL, out.Host, out.RequestURI, out.Close = &u, c.fn.name, "", false
+		switch {
+		case held != nil:
+			out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(held)), int64(len(held))
+		case body != nil:
+			out.Body = body
+		default:
+			out.Body, out.ContentLength = nil, 0
+		}
+		reused = false
+		resp, err = e.transport.RoundTrip(out)
+		if err == nil || ctx.Err() != nil || c.resent >= maxResends || body.exceeded() {
+			break
+		}
+		dial := isDialError(err) && !body.started()
+		if !dial && (!resend || body != nil) {
+			break
+		}
+		// The sandbox is gone (or dropped the request) and the route does
+		// not know yet: send it to another. A refused dial or a fresh
+		// connection dropped takes the sandbox out of routing at once; a
+		// kept-alive connection that failed may just have been closed by
+		// the sandbox, so that only moves this request.
+		reroute := e.rt.reroute
+		if !dial && reused {
+			reroute = e.rt.resend
+		}
+		if rerr := reroute(ctx, c); rerr != nil {
+			t := timing{queue: time.Since(c.arrived)}
+			writeError(w, rerr, &t)
+			return
 		}
 	}
 	t := timing{queue: start.Sub(c.arrived), proxy: time.Since(start), proxied: true, cold: c.cold}
@@ -248,7 +287,7 @@ func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http
 	}
 	if err != nil {
 		switch {
-		case body != nil && body.tooLarge.Load():
+		case body.exceeded():
 			writeError(w, errTooLarge(c.fn.name, e.maxBody), &t)
 		case r.Context().Err() != nil:
 			// The client went away; nobody to answer.
@@ -320,6 +359,16 @@ func rawRest(raw string) string {
 	return "/"
 }
 
+// isIdempotent says whether r may be sent twice (RFC 9110 §9.2.2): a safe
+// method, or a client's idempotency key.
+func isIdempotent(r *http.Request) bool {
+	switch r.Method {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	return r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
+}
+
 // Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded either way.
 var hopHeaders = [...]string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
@@ -365,6 +414,9 @@ type bodyReader struct {
 var errBodyTooLarge = errors.New("request body too large")
 
 func (b *bodyReader) started() bool { return b != nil && b.read.Load() }
+
+// exceeded says whether the body went over the limit (false for none).
+func (b *bodyReader) exceeded() bool { return b != nil && b.tooLarge.Load() }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
 	if !b.read.Load() {

@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	controlplanev1 "github.com/batonfaas/baton/api/controlplane/v1"
 )
 
 // router is the data plane's core, independent of any HTTP engine: it
@@ -35,6 +36,7 @@ type router struct {
 	queueLimit int
 	base       time.Time // origin of the load meters' clock (monotonic)
 	log        *slog.Logger
+	cut        atomic.Bool // shutdown's grace is over: nothing waits any more
 
 	epoch atomic.Uint64 // of the route updates applied; grows only
 
@@ -140,6 +142,49 @@ type call struct {
 	timeout time.Duration // the function's, when acquire was called
 	queued  bool          // went through the wait queue
 	cold    bool          // served by an endpoint that appeared after arrival
+	retry   controlplanev1.RetryPolicy
+	resent  int // times sent again after a sandbox died under it
+}
+
+// maxResends bounds sending one request to another sandbox after the one
+// it was sent to died: a request that kills every sandbox it reaches must
+// not take down the whole function.
+const maxResends = 2
+
+// mayResend says whether a request that reached a sandbox which died
+// without answering may go to another, by the function's retry policy.
+// (A request that was never sent, because the dial failed, always may.)
+func mayResend(policy controlplanev1.RetryPolicy, idempotent bool) bool {
+	switch policy {
+	case controlplanev1.RetryPolicy_RETRY_POLICY_ALWAYS:
+		return true
+	case controlplanev1.RetryPolicy_RETRY_POLICY_NEVER:
+		return false
+	}
+	return idempotent
+}
+
+// reroute moves c off its endpoint, which was found dead, and takes a slot
+// on another, waiting for one (bounded by ctx) like a new request: the
+// control plane replaces the sandbox if none is left. ep is taken out of
+// this data plane's routing at once.
+func (rt *router) reroute(ctx context.Context, c *call) *reqError {
+	if rt.cut.Load() {
+		return errShuttingDown(c.fn.name) // the failure was the cut-off's
+	}
+	rt.evict(c.fn, c.ep)
+	return rt.resend(ctx, c)
+}
+
+// resend moves c off its endpoint to another like reroute, without taking
+// the endpoint out of routing.
+func (rt *router) resend(ctx context.Context, c *call) *reqError {
+	dead := c.ep
+	c.ep = nil
+	rt.release(c.fn, dead)
+	c.resent++
+	c.cold = false
+	return rt.acquire(ctx, c)
 }
 
 // micros is the load meters' clock: µs since the router was made.
@@ -184,7 +229,7 @@ func (rt *router) acquire(ctx context.Context, c *call) *reqError {
 func (rt *router) acquireNow(c *call) bool {
 	fn := c.fn
 	st := fn.state.Load()
-	c.timeout = st.timeout
+	c.timeout, c.retry = st.timeout, st.retry
 	if fn.queued.Load() == 0 {
 		if ep := rt.pick(fn, st); ep != nil {
 			c.ep = ep
@@ -208,6 +253,10 @@ func (rt *router) wait(ctx context.Context, c *call) *reqError {
 		err := fn.gone
 		fn.mu.Unlock()
 		return err
+	}
+	if rt.cut.Load() {
+		fn.mu.Unlock()
+		return errShuttingDown(fn.name)
 	}
 	st := fn.state.Load()
 	if len(st.eps) == 0 && st.err != "" {
@@ -304,24 +353,6 @@ func (rt *router) pick(fn *function, st *routeState) *endpoint {
 	return nil
 }
 
-// tryOther takes a free slot on an endpoint other than exclude, without
-// waiting: the retry after exclude turned out unreachable.
-func (rt *router) tryOther(fn *function, exclude *endpoint) *endpoint {
-	st := fn.state.Load()
-	n := len(st.eps)
-	if n == 0 {
-		return nil
-	}
-	start := rand.IntN(n)
-	for k := 0; k < n; k++ {
-		ep := st.eps[(start+k)%n]
-		if ep != exclude && ep.tryAcquire(st.concurrency) {
-			return ep
-		}
-	}
-	return nil
-}
-
 // release gives a slot back; if requests wait, the head one gets a slot.
 func (rt *router) release(fn *function, ep *endpoint) {
 	ep.inflight.Add(-1)
@@ -360,6 +391,7 @@ func (rt *router) failLocked(fn *function, err *reqError) {
 // failAllWaiters answers every waiting request of every function with a 503
 // (the data plane is going away).
 func (rt *router) failAllWaiters() {
+	rt.cut.Store(true)
 	rt.table.each(func(fn *function) {
 		fn.mu.Lock()
 		if fn.q.n > 0 {

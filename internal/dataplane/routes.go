@@ -3,6 +3,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -91,24 +92,36 @@ func (rt *router) upsert(txn *tableTxn, fr *controlplanev1.FunctionRoute, now ti
 	fn := txn.get(fr.GetName())
 	if fn == nil {
 		fn = newFunction(fr.GetName())
-		fn.state.Store(newRouteState(fr, nil, now))
+		fn.state.Store(newRouteState(fr, nil, nil, now))
 		txn.put(fn)
 		return fn
 	}
-	fn.state.Store(newRouteState(fr, fn.state.Load().eps, now))
+	old := fn.state.Load()
+	fn.state.Store(newRouteState(fr, old.eps, old.dead, now))
 	return fn
 }
 
-func newRouteState(fr *controlplanev1.FunctionRoute, old []*endpoint, now time.Time) *routeState {
+// deadTTL is how long a sandbox the data plane found dead stays out of its
+// routing while the control plane still lists it: long enough for the
+// worker's report (or its missed heartbeats) to reach the control plane.
+const deadTTL = 5 * time.Second
+
+func newRouteState(fr *controlplanev1.FunctionRoute, old []*endpoint, dead []deadMark, now time.Time) *routeState {
 	st := &routeState{
 		version:     fr.GetVersion(),
 		generation:  fr.GetGeneration(),
 		concurrency: max(fr.GetConcurrency(), 1),
 		timeout:     time.Duration(fr.GetTimeoutMs()) * time.Millisecond,
 		err:         fr.GetError(),
+		retry:       fr.GetRetry(),
 	}
 	if st.timeout <= 0 {
 		st.timeout = DefaultTimeout
+	}
+	for _, d := range dead {
+		if now.Before(d.until) {
+			st.dead = append(st.dead, d)
+		}
 	}
 	var byID map[string]*endpoint
 	if len(old) > 8 {
@@ -130,6 +143,9 @@ func newRouteState(fr *controlplanev1.FunctionRoute, old []*endpoint, now time.T
 	}
 	st.eps = make([]*endpoint, 0, len(fr.GetEndpoints()))
 	for _, e := range fr.GetEndpoints() {
+		if st.isDead(e.GetSandboxId()) {
+			continue
+		}
 		ep := find(e.GetSandboxId())
 		if ep == nil || ep.addr != e.GetAddress() {
 			ep = &endpoint{
@@ -143,6 +159,37 @@ func newRouteState(fr *controlplanev1.FunctionRoute, old []*endpoint, now time.T
 		st.eps = append(st.eps, ep)
 	}
 	return st
+}
+
+func (st *routeState) isDead(id string) bool {
+	for _, d := range st.dead {
+		if d.id == id {
+			return true
+		}
+	}
+	return false
+}
+
+// evict takes ep out of fn's routing because it was found dead: a dial was
+// refused, or a fresh connection dropped with nothing answered. The control
+// plane learns of the death from the worker (or its silence) and sends a
+// route without it; until then, for deadTTL at most, this data plane stops
+// sending requests there. Requests holding a slot on ep finish as they can.
+func (rt *router) evict(fn *function, ep *endpoint) {
+	rt.wmu.Lock()
+	st := fn.state.Load()
+	i := slices.Index(st.eps, ep)
+	if i < 0 {
+		rt.wmu.Unlock()
+		return
+	}
+	next := *st
+	next.eps = slices.Delete(slices.Clone(st.eps), i, i+1)
+	next.dead = append(slices.Clone(st.dead), deadMark{id: ep.id, until: time.Now().Add(deadTTL)})
+	fn.state.Store(&next)
+	rt.wmu.Unlock()
+	rt.log.Warn("sandbox unreachable: taken out of routing until the control plane confirms",
+		"function", fn.name, "sandbox", ep.id, "address", ep.addr, "worker", ep.worker)
 }
 
 // settle serves or fails fn's waiters after its route changed.

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	controlplanev1 "github.com/batonfaas/baton/api/controlplane/v1"
 )
 
 // The routing table: function name -> *function, read on every request
@@ -172,7 +174,19 @@ type routeState struct {
 	concurrency int32         // slots per endpoint, >= 1
 	timeout     time.Duration // bounds a request's whole life, > 0
 	err         string        // why sandboxes fail to start, if they do
+	retry       controlplanev1.RetryPolicy
 	eps         []*endpoint
+	// dead lists sandboxes this data plane found dead (refused or dropped a
+	// fresh connection) and took out of eps before the control plane said
+	// so; an update that still lists one leaves it out until its mark
+	// expires. Written under the router's wmu.
+	dead []deadMark
+}
+
+// deadMark is a sandbox taken out of routing by the data plane itself.
+type deadMark struct {
+	id    string
+	until time.Time
 }
 
 // function is one routing-table entry. Fields are grouped by who writes

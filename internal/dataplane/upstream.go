@@ -197,6 +197,22 @@ func (u *upstreams) reap(now int64) {
 	})
 }
 
+// drop closes the idle connections to addr: its sandbox died.
+func (u *upstreams) drop(addr string) {
+	v, ok := u.pools.Load(addr)
+	if !ok {
+		return
+	}
+	p := v.(*upPool)
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, uc := range idle {
+		uc.c.Close()
+	}
+}
+
 // closeIdle closes every idle connection; those in use are closed when
 // they come back.
 func (u *upstreams) closeIdle() {
