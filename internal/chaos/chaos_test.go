@@ -229,7 +229,12 @@ func TestKillWorker(t *testing.T) {
 	start(t, "w2", "worker", "--controlplane", cp, "--worker-id", "chaos-k2")
 	workersUp(t, c, 2, 1)
 	deploy(t, c, helloSpec(t, "f", 2))
-	onW1 := func() (on1, on2 int32) {
+	// slow keeps requests in flight in its sandboxes: those on the killed
+	// worker die under them, and the data plane must send them to the
+	// other (GET: the default retry policy allows it).
+	deploy(t, c, &pb.FunctionSpec{Name: "slow", Binary: bin(t, "workload"), CpuMillicores: 50, MemoryMib: 32,
+		Concurrency: 8, Scaling: &pb.ScalingSpec{MinScale: 2, ScaleToZeroGraceMs: 600_000}})
+	onWorkers := func() (on1, on2 int32) {
 		for _, w := range status(t, c).Workers {
 			switch {
 			case w.WorkerId == "chaos-k1" && w.Up:
@@ -240,23 +245,26 @@ func TestKillWorker(t *testing.T) {
 		}
 		return
 	}
-	waitFor(t, 10*time.Second, "one sandbox on each worker", func() bool { a, b := onW1(); return a == 1 && b == 1 })
+	waitFor(t, 10*time.Second, "two sandboxes on each worker", func() bool { a, b := onWorkers(); return a == 2 && b == 2 })
 
 	l := startLoad([]string{dp}, "f", 2*time.Millisecond)
-	time.Sleep(200 * time.Millisecond)
+	slow := startSlowLoad(dp, "slow", 12, 200*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
 	w1.kill()
-	killed := time.Now()
-	recovered := waitFor(t, 10*time.Second, "two sandboxes on the surviving worker", func() bool {
-		a, b := onW1()
-		n := readyOf(t, c, "f")
-		return a == 0 && b == 2 && n == 2
+	recovered := waitFor(t, 10*time.Second, "four sandboxes on the surviving worker", func() bool {
+		a, b := onWorkers()
+		return a == 0 && b == 4 && readyOf(t, c, "f") == 2 && readyOf(t, c, "slow") == 2
 	})
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
 	ok, failed := l.end()
-	t.Logf("worker SIGKILL: back to 2 ready sandboxes after %s (heartbeat timeout 1s); requests: %d ok, %d failed",
-		time.Since(killed).Round(time.Millisecond)-0*recovered, ok, failed)
-	if recovered > 1*time.Second+time.Second+500*time.Millisecond {
+	sok, sfailed := slow.end()
+	t.Logf("worker SIGKILL: back to all ready sandboxes after %s (heartbeat timeout 1s); fast requests: %d ok, %d failed; "+
+		"slow requests (in flight at the kill): %d ok, %d failed", recovered.Round(time.Millisecond), ok, failed, sok, sfailed)
+	if recovered > 1*time.Second+time.Second {
 		t.Errorf("replacement took %s, want within the heartbeat timeout (1s) plus 1s", recovered)
+	}
+	if failed+sfailed > 0 {
+		t.Errorf("%d requests failed around the worker's death (last: %v / %v)", failed+sfailed, l.lastErr.Load(), slow.lastErr.Load())
 	}
 	if code, _, err := invoke(dp, "f"); code != 200 {
 		t.Fatalf("after recovery: %d %v", code, err)

@@ -47,7 +47,8 @@ func bin(t *testing.T, name string) string {
 		if buildErr != nil {
 			return
 		}
-		for out, pkg := range map[string]string{"baton": "../../cmd/baton", "hello": "../../examples/hello"} {
+		for out, pkg := range map[string]string{"baton": "../../cmd/baton", "hello": "../../examples/hello",
+			"workload": "../../examples/workload"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, out), pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if b, err := cmd.CombinedOutput(); err != nil {
@@ -327,6 +328,45 @@ func startLoad(dps []string, fn string, every time.Duration) *load {
 			}
 		}
 	}()
+	return l
+}
+
+// startSlowLoad runs clients closed-loop clients, each sending GET requests
+// for fn that sleep for d in the function (the workload protocol), so that
+// requests are always in flight in the sandboxes.
+func startSlowLoad(dp, fn string, clients int, d time.Duration) *load {
+	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				req, _ := http.NewRequest(http.MethodGet, "http://"+dp+"/", nil)
+				req.Host = fn
+				req.Header.Set("workload", "sleep")
+				req.Header.Set("requested_cpu", fmt.Sprint(d.Milliseconds()))
+				resp, err := httpClient.Do(req)
+				if err != nil {
+					l.failed.Add(1)
+					l.lastErr.Store(err.Error())
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					l.failed.Add(1)
+					l.lastErr.Store(fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(b))))
+				} else {
+					l.ok.Add(1)
+				}
+			}
+		})
+	}
+	go func() { wg.Wait(); close(l.done) }()
 	return l
 }
 
