@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -75,11 +76,13 @@ const cloneFlags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NE
 
 // Runtime is the process runtime. It is safe for concurrent use.
 type Runtime struct {
-	cfg    Config
-	log    *slog.Logger
-	cg     *cgroupSet
-	ports  *ports
-	onExit sandbox.ExitFunc
+	cfg       Config
+	host      netip.Addr // cfg.Host
+	log       *slog.Logger
+	cg        *cgroupSet
+	ports     *ports
+	listeners listenerFinder
+	onExit    sandbox.ExitFunc
 
 	mu     sync.Mutex
 	boxes  map[string]*box
@@ -129,7 +132,8 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.Host == "" {
 		cfg.Host = DefaultHost
 	}
-	if net.ParseIP(cfg.Host) == nil {
+	host, err := netip.ParseAddr(cfg.Host)
+	if err != nil || host.Zone() != "" {
 		return nil, fmt.Errorf("process runtime: host %q is not an IP address", cfg.Host)
 	}
 	if cfg.PortMin == 0 && cfg.PortMax == 0 {
@@ -165,16 +169,22 @@ func New(cfg Config) (*Runtime, error) {
 	if onExit == nil {
 		onExit = func(sandbox.Exit) {}
 	}
+	listeners, how := newListenerFinder()
+	if how != "sock_diag" {
+		log.Warn("the kernel does not answer sock_diag: readiness reads /proc/net/tcp to find who holds a sandbox's port, which adds milliseconds to every start")
+	}
 	log.Debug("process runtime ready", "cgroup_v2", cg.v2, "cgroup_parent", parent,
-		"host", cfg.Host, "ports", fmt.Sprintf("%d-%d", cfg.PortMin, cfg.PortMax))
+		"host", cfg.Host, "ports", fmt.Sprintf("%d-%d", cfg.PortMin, cfg.PortMax), "port_owner_check", how)
 	r := &Runtime{
-		cfg:    cfg,
-		log:    log,
-		cg:     cg,
-		ports:  newPorts(cfg.PortMin, cfg.PortMax),
-		onExit: onExit,
-		boxes:  map[string]*box{},
-		spawns: make(chan spawnRequest),
+		cfg:       cfg,
+		host:      host,
+		log:       log,
+		cg:        cg,
+		ports:     newPorts(cfg.PortMin, cfg.PortMax),
+		listeners: listeners,
+		onExit:    onExit,
+		boxes:     map[string]*box{},
+		spawns:    make(chan spawnRequest),
 	}
 	r.wg.Add(1)
 	go func() {
@@ -187,7 +197,8 @@ func New(cfg Config) (*Runtime, error) {
 // Name returns "process".
 func (r *Runtime) Name() string { return "process" }
 
-// Create starts the sandbox and returns once its port accepts connections.
+// Create starts the sandbox and returns once its port accepts connections
+// on a socket of the sandbox's.
 func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	sb, err := r.create(ctx, spec)
 	if err != nil {
@@ -396,24 +407,68 @@ func env(spec map[string]string, port int) []string {
 }
 
 // waitReady polls the sandbox's port until it accepts a connection, the
-// process exits, ctx ends or the ready timeout passes.
+// process exits, ctx ends or the ready timeout passes. A connection only
+// shows that something listens: the port is the sandbox's only once the
+// listener it reached is held by one of the sandbox's processes, not by a
+// stranger that took the port before the function bound it.
 func (r *Runtime) waitReady(ctx context.Context, b *box) error {
+	deadline := time.Now().Add(r.cfg.ReadyTimeout)
 	err := sandbox.WaitTCP(ctx, b.sb.Address, r.cfg.ReadyTimeout, finePollFor, b.exited)
 	switch {
 	case errors.Is(err, sandbox.ErrProbeExited):
-		return notReadyExited(b)
+		return r.notReadyExited(b)
 	case errors.Is(err, sandbox.ErrProbeTimeout):
 		return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+	case err != nil:
+		return err
 	}
-	return err
+	wait := time.Millisecond
+	var timer *time.Timer
+	for {
+		ok, inodes, err := r.listening(b)
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("%w: %s answers, but who holds port %d is unknown: %v", sandbox.ErrNotReady, b.sb.Address, b.port, err)
+			}
+			if len(inodes) == 0 {
+				return fmt.Errorf("%w: %s answered once, then nothing listened on it within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+			}
+			return fmt.Errorf("%w: port %d is held by another process (%s), not by the sandbox: the function did not listen on %s within %v%s",
+				sandbox.ErrNotReady, b.port, socketHolder(inodes), b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-b.exited:
+			return r.notReadyExited(b)
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w", b.sb.Address, ctx.Err())
+		case <-timer.C:
+		}
+		wait = min(wait*2, 10*time.Millisecond)
+	}
 }
 
 // finePollFor is how long readiness is probed every 0.5 ms (most functions
 // answer within a few milliseconds) before backing off.
 const finePollFor = 50 * time.Millisecond
 
-func notReadyExited(b *box) error {
-	return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, exitReason(b))
+// notReadyExited says why an exited sandbox never became ready, and who
+// holds its port if anyone does (a function that finds its port taken
+// fails to bind it and exits).
+func (r *Runtime) notReadyExited(b *box) error {
+	reason := exitReason(b)
+	if inodes, err := r.listeners(r.host, b.port); err == nil && len(inodes) > 0 {
+		reason += fmt.Sprintf("; port %d is held by another process (%s)", b.port, socketHolder(inodes))
+	}
+	return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, reason)
 }
 
 // reasonBytes is how much output an error reason quotes.
