@@ -77,6 +77,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) error {
 	var minScale, maxScale, conc int
 	fs.StringVar(&spec.Binary, "binary", "", "executable serving HTTP on $PORT (made absolute)")
 	fs.StringVar(&spec.Image, "image", "", "image reference")
+	fs.BoolVar(&spec.Prepull, "prepull", false, "every worker fetches the image now (and when it connects), before the first cold start")
 	fs.IntVar(&minScale, "min-scale", 0, "fewest sandboxes (0: scale to zero)")
 	fs.IntVar(&maxScale, "max-scale", 0, "most sandboxes (0: no bound)")
 	fs.IntVar(&conc, "concurrency", 0, "requests one sandbox serves at once (default 1)")
@@ -85,6 +86,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&env, "env", "K=V environment variable (repeatable)")
 	fs.Var(&fargs, "arg", "argument passed to the function (repeatable)")
 	fs.DurationVar(&timeout, "timeout", 0, "bound on a request's life in the data plane, queueing included (default 60s)")
+	retry := fs.String("retry", "", "which requests a sandbox died under are sent to another: idempotent (GET, HEAD, OPTIONS, TRACE, or an Idempotency-Key; the default), always, never")
 	fs.Float64Var(&sc.TargetConcurrency, "target-concurrency", 0, "autoscaler: requests per sandbox aimed at (default: --concurrency)")
 	fs.Float64Var(&sc.TargetUtilization, "target-utilization", 0, "autoscaler: share of the target aimed at, (0,1] (default 1)")
 	fs.DurationVar(&stable, "stable-window", 0, "autoscaler: stable window (default 60s)")
@@ -102,6 +104,9 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) error {
 		return exitError{2}
 	}
 	spec.Name = pos[0]
+	if spec.Retry, err = parseRetry(*retry); err != nil {
+		return err
+	}
 	spec.Concurrency, sc.MinScale, sc.MaxScale = int32(conc), int32(minScale), int32(maxScale)
 	spec.TimeoutMs, sc.StableWindowMs, sc.ScaleToZeroGraceMs = timeout.Milliseconds(), stable.Milliseconds(), grace.Milliseconds()
 	spec.Args = fargs
@@ -140,7 +145,25 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) error {
 		verb = "created"
 	}
 	fmt.Fprintf(stdout, "function %s %s (generation %d)\n", spec.Name, verb, resp.Function.Generation)
+	if spec.Prepull {
+		fmt.Fprintf(stdout, "prepull of %s asked of every worker (baton fn get %s shows failures)\n", spec.Image, spec.Name)
+	}
 	return nil
+}
+
+// parseRetry reads --retry.
+func parseRetry(s string) (pb.RetryPolicy, error) {
+	switch s {
+	case "":
+		return pb.RetryPolicy_RETRY_POLICY_UNSPECIFIED, nil
+	case "idempotent":
+		return pb.RetryPolicy_RETRY_POLICY_IDEMPOTENT, nil
+	case "always":
+		return pb.RetryPolicy_RETRY_POLICY_ALWAYS, nil
+	case "never":
+		return pb.RetryPolicy_RETRY_POLICY_NEVER, nil
+	}
+	return 0, fmt.Errorf("--retry %q: want idempotent, always or never", s)
 }
 
 func cmdList(args []string, stdout, stderr io.Writer) error {
@@ -199,6 +222,11 @@ func cmdGet(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s\n", b)
+	// Also in the JSON (status.prepullFailures); said on stderr so that
+	// stdout stays one JSON document.
+	for _, pf := range f.GetStatus().GetPrepullFailures() {
+		fmt.Fprintf(stderr, "baton: prepull of %s failed on worker %s: %s\n", pf.Image, pf.WorkerId, strings.Join(strings.Fields(pf.Reason), " "))
+	}
 	return nil
 }
 

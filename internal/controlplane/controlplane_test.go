@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
 )
@@ -401,5 +403,46 @@ func TestIdempotentAndStaleEvents(t *testing.T) {
 	f, _ := c.GetFunction(context.Background(), &pb.GetFunctionRequest{Name: "k"})
 	if f.Status.Ready != 1 {
 		t.Fatalf("ready %d, want 1", f.Status.Ready)
+	}
+}
+
+// The retry policy defaults to IDEMPOTENT, is stored as given, reaches the
+// data planes in the function's route, and an unknown value is refused
+// without changing anything.
+func TestRetryPolicy(t *testing.T) {
+	_, c, stop := startCP(t, t.TempDir())
+	defer stop()
+	dp := connectDataPlane(t, c)
+	ctx := context.Background()
+	routeOf := func(name string) *pb.FunctionRoute {
+		dp.mu.Lock()
+		defer dp.mu.Unlock()
+		return dp.routes[name]
+	}
+	deploy(t, c, "plain", 0)
+	f, err := c.GetFunction(ctx, &pb.GetFunctionRequest{Name: "plain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Spec.Retry != pb.RetryPolicy_RETRY_POLICY_IDEMPOTENT {
+		t.Errorf("default retry policy %v, want IDEMPOTENT", f.Spec.Retry)
+	}
+	if _, err := c.DeployFunction(ctx, &pb.DeployFunctionRequest{Spec: &pb.FunctionSpec{
+		Name: "always", Binary: "/bin/true", Retry: pb.RetryPolicy_RETRY_POLICY_ALWAYS}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := routeOf("always"); r == nil || r.Retry != pb.RetryPolicy_RETRY_POLICY_ALWAYS {
+		t.Errorf("route of always: %v", r)
+	}
+	if r := routeOf("plain"); r == nil || r.Retry != pb.RetryPolicy_RETRY_POLICY_IDEMPOTENT {
+		t.Errorf("route of plain: %v", r)
+	}
+	_, err = c.DeployFunction(ctx, &pb.DeployFunctionRequest{Spec: &pb.FunctionSpec{
+		Name: "always", Binary: "/bin/true", Retry: pb.RetryPolicy(42)}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("unknown retry policy: %v, want InvalidArgument", err)
+	}
+	if f, _ := c.GetFunction(ctx, &pb.GetFunctionRequest{Name: "always"}); f.GetSpec().GetRetry() != pb.RetryPolicy_RETRY_POLICY_ALWAYS || f.GetGeneration() != 1 {
+		t.Errorf("a refused deploy changed the function: %v", f)
 	}
 }

@@ -146,7 +146,7 @@ func (cp *ControlPlane) route(fn *function) *pb.FunctionRoute {
 	spec := fn.def.Spec
 	r := &pb.FunctionRoute{
 		Name: spec.Name, Version: cp.routeSeq, Concurrency: spec.Concurrency,
-		TimeoutMs: spec.TimeoutMs, Generation: fn.def.Generation,
+		TimeoutMs: spec.TimeoutMs, Generation: fn.def.Generation, Retry: spec.Retry,
 	}
 	for _, sb := range fn.sandboxes {
 		if sb.state == sbReady && sb.generation == fn.def.Generation {

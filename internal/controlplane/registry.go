@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
@@ -56,6 +57,8 @@ func normalize(in *pb.FunctionSpec) (*pb.FunctionSpec, error) {
 		return nil, bad("give a binary or an image, not both")
 	case s.Binary != "" && !filepath.IsAbs(s.Binary):
 		return nil, bad("binary path %q must be absolute", s.Binary)
+	case s.Prepull && s.Image == "":
+		return nil, bad("prepull fetches an image: give --image REF, or drop --prepull")
 	}
 	if s.Concurrency < 0 || s.Concurrency > maxConcurrency {
 		return nil, bad("concurrency %d out of range 1..%d", s.Concurrency, maxConcurrency)
@@ -77,6 +80,13 @@ func normalize(in *pb.FunctionSpec) (*pb.FunctionSpec, error) {
 	}
 	if s.TimeoutMs == 0 {
 		s.TimeoutMs = DefaultTimeout.Milliseconds()
+	}
+	switch s.Retry {
+	case pb.RetryPolicy_RETRY_POLICY_UNSPECIFIED:
+		s.Retry = pb.RetryPolicy_RETRY_POLICY_IDEMPOTENT
+	case pb.RetryPolicy_RETRY_POLICY_IDEMPOTENT, pb.RetryPolicy_RETRY_POLICY_ALWAYS, pb.RetryPolicy_RETRY_POLICY_NEVER:
+	default:
+		return nil, bad("retry policy %d unknown (want IDEMPOTENT, ALWAYS or NEVER)", s.Retry)
 	}
 	for k := range s.Env {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
@@ -192,14 +202,21 @@ func (cp *ControlPlane) deploy(ctx context.Context, spec *pb.FunctionSpec) (*pb.
 	}
 
 	cp.mu.Lock()
-	if fn := cp.functions[s.Name]; fn != nil {
+	fn := cp.functions[s.Name]
+	if fn != nil {
 		fn.update(def)
+		fn.prepullFailed = nil // about an earlier image, or asked again below
 		cp.drainOldGenerations(fn)
 		cp.reconcile(fn)
 	} else {
 		fn = newFunction(def, now)
 		cp.functions[s.Name] = fn
 		cp.reconcile(fn)
+	}
+	if s.Prepull {
+		for _, w := range cp.workers {
+			cp.sendPrepull(w, fn)
+		}
 	}
 	cp.markDirty(s.Name)
 	view := cp.functionView(cp.functions[s.Name])
@@ -268,6 +285,10 @@ func (cp *ControlPlane) functionView(fn *function) *pb.Function {
 		st.LastError = fn.lastErr
 		st.LastErrorUnixMs = fn.lastErrAt.UnixMilli()
 	}
+	for _, pf := range fn.prepullFailed {
+		st.PrepullFailures = append(st.PrepullFailures, proto.Clone(pf).(*pb.PrepullFailure))
+	}
+	sort.Slice(st.PrepullFailures, func(i, j int) bool { return st.PrepullFailures[i].WorkerId < st.PrepullFailures[j].WorkerId })
 	f.Status = st
 	return f
 }

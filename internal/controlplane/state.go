@@ -49,6 +49,8 @@ type function struct {
 	failures  int       // consecutive failed creations
 	backoff   time.Time // no new creations before this
 	retry     bool      // a retry after the back-off is scheduled
+
+	prepullFailed map[string]*pb.PrepullFailure // worker id -> its last prepull of the image failed
 }
 
 // windowBucket is the resolution of the autoscaler's metric windows.

@@ -159,7 +159,45 @@ func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
 	for name := range touched {
 		cp.markDirty(name)
 	}
+	// Every prepull function's image, again after a reconnect: the worker
+	// may be new, restarted, or have missed the deploy.
+	for _, fn := range cp.functions {
+		if fn.def.Spec.Prepull {
+			delete(fn.prepullFailed, w.id) // this attempt's outcome replaces it
+			cp.sendPrepull(w, fn)
+		}
+	}
 	return sess
+}
+
+// sendPrepull asks w, if connected, to fetch fn's image now. It never
+// blocks; a worker whose runtime pulls no images ignores it. cp.mu held.
+func (cp *ControlPlane) sendPrepull(w *worker, fn *function) {
+	if w.session == nil || fn.def.Spec.Image == "" {
+		return
+	}
+	w.session.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Prepull{Prepull: &pb.PrepullImage{
+		Function: fn.name(), Image: fn.def.Spec.Image}}})
+}
+
+// handleImageEvent records the outcome of a prepull on w; one about an
+// image the function no longer has, or for a function gone, is stale.
+// cp.mu held.
+func (cp *ControlPlane) handleImageEvent(w *worker, ev *pb.ImageEvent) {
+	fn := cp.functions[ev.Function]
+	if fn == nil || !fn.def.Spec.Prepull || fn.def.Spec.Image != ev.Image {
+		return
+	}
+	if ev.Ok {
+		delete(fn.prepullFailed, w.id)
+		return
+	}
+	cp.log.Warn("image prepull failed", "function", ev.Function, "image", ev.Image, "worker", w.id, "reason", ev.Reason)
+	if fn.prepullFailed == nil {
+		fn.prepullFailed = make(map[string]*pb.PrepullFailure, 1)
+	}
+	fn.prepullFailed[w.id] = &pb.PrepullFailure{WorkerId: w.id, Image: ev.Image, Reason: ev.Reason,
+		UnixMs: cp.cfg.Now().UnixMilli()}
 }
 
 // workerWasDown reports whether id was declared down by this control plane
@@ -200,6 +238,12 @@ func (cp *ControlPlane) handleWorkerMessage(s *workerSession, msg *pb.WorkerMess
 		}
 		w.lastBeat = now
 		cp.handleSandboxEvent(w, ev)
+	case *pb.WorkerMessage_Image:
+		if m.Image.Epoch != s.epoch {
+			return
+		}
+		w.lastBeat = now
+		cp.handleImageEvent(w, m.Image)
 	}
 }
 
@@ -270,6 +314,9 @@ func (cp *ControlPlane) checkHeartbeats(now time.Time) {
 		}
 		cp.log.Warn("worker down: missed heartbeats", "worker", w.id, "silent_for", now.Sub(w.lastBeat).Round(time.Millisecond),
 			"sandboxes", len(w.sandboxes))
+		for _, fn := range cp.functions {
+			delete(fn.prepullFailed, w.id) // it runs nothing now; asked again when it returns
+		}
 		affected := map[string]*function{}
 		for _, sb := range w.sandboxes {
 			if fn := cp.functions[sb.fn]; fn != nil {

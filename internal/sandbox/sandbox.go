@@ -76,6 +76,19 @@ type Runtime interface {
 	Close(ctx context.Context) error
 }
 
+// Prepuller is implemented by runtimes that fetch images (containerd), so
+// that a function's image can be made ready before its first cold start.
+// Runtimes without images (process, fake) do not implement it, and the
+// worker ignores prepull requests for them.
+type Prepuller interface {
+	// Prepull fetches and unpacks image, so that a later Create of it does
+	// not wait for a pull. It is idempotent: an image the runtime has
+	// returns at once, and one being pulled (for a Create, or another
+	// Prepull) is pulled once. The error wraps ErrInvalid when retrying
+	// cannot help (a malformed or unknown reference, refused credentials).
+	Prepull(ctx context.Context, image string) error
+}
+
 // ExitFunc is called by a runtime, from its own goroutine, when a ready
 // sandbox stops without Delete. Runtimes take it in their constructors.
 type ExitFunc func(Exit)

@@ -1,7 +1,10 @@
 // Package worker is Baton's node agent. It opens a session to the control
 // plane, heartbeats with its capacity and use, creates and deletes sandboxes
 // through a sandbox.Runtime on command (at most MaxCreations at once, the rest
-// queued), and reports sandboxes that become ready, fail or exit.
+// queued), and reports sandboxes that become ready, fail or exit. When its
+// runtime pulls images (sandbox.Prepuller), it fetches the images the control
+// plane asks it to prepull in the background, a few at a time, and reports
+// how each went.
 //
 // Every command is idempotent: a CreateSandbox for an id the worker already
 // has re-reports it; a DeleteSandbox for an id it does not have reports it
@@ -57,6 +60,9 @@ type Worker struct {
 	cpc *cpclient.Client
 	own bool // cpc is ours to close
 	sem chan struct{}
+	// pullSem bounds the prepulls running at once (they share the node's
+	// bandwidth and disk with the creations).
+	pullSem chan struct{}
 
 	mu        sync.Mutex
 	sandboxes map[string]*entry
@@ -64,8 +70,17 @@ type Worker struct {
 	lastEpoch uint64
 	queued    int
 	creating  int
+	pulls     map[string]*prepull // image -> its prepull in flight
 
 	wg sync.WaitGroup
+}
+
+// maxPrepulls is how many images a worker prepulls at once.
+const maxPrepulls = 2
+
+// prepull is one image's prepull in flight, and the functions that asked.
+type prepull struct {
+	functions map[string]struct{}
 }
 
 type entry struct {
@@ -99,7 +114,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, errors.New("worker: no runtime")
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), sandboxes: make(map[string]*entry),
-		sem: make(chan struct{}, cfg.MaxCreations)}
+		sem: make(chan struct{}, cfg.MaxCreations), pullSem: make(chan struct{}, maxPrepulls),
+		pulls: make(map[string]*prepull)}
 	rt, err := cfg.NewRuntime(w.onExit)
 	if err != nil {
 		return nil, fmt.Errorf("worker %s: runtime: %w", cfg.ID, err)
@@ -194,6 +210,7 @@ func (s *session) send(m *pb.WorkerMessage) {
 }
 
 func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error {
+	life := ctx // the worker's, which prepulls live as long as
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := cl.WorkerSession(ctx)
@@ -258,7 +275,7 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 			if cmd.Epoch < s.epoch {
 				continue // from an older session or a deposed leader
 			}
-			w.handle(ctx, s, cmd)
+			w.handle(life, s, cmd)
 		}
 	}()
 	err = <-errc
@@ -322,13 +339,79 @@ func (w *Worker) used() *pb.Resources {
 	return u
 }
 
+// handle runs one command. ctx is the worker's life, not the session's.
 func (w *Worker) handle(ctx context.Context, s *session, cmd *pb.WorkerCommand) {
 	switch c := cmd.Cmd.(type) {
 	case *pb.WorkerCommand_Create:
 		w.create(s, c.Create)
 	case *pb.WorkerCommand_Delete:
 		w.delete(s, c.Delete.SandboxId)
+	case *pb.WorkerCommand_Prepull:
+		w.prepull(ctx, c.Prepull)
 	}
+}
+
+// prepull fetches an image in the background if the runtime pulls images,
+// once however many functions (or repeated commands, or sessions) ask for
+// it while it is in flight, and reports the outcome for each function that
+// asked on the session open when it ends (none: the next session's control
+// plane asks again). It stops only with the worker.
+func (w *Worker) prepull(ctx context.Context, c *pb.PrepullImage) {
+	p, ok := w.rt.(sandbox.Prepuller)
+	if !ok || c.Image == "" {
+		w.log.Debug("prepull ignored: the runtime pulls no images", "function", c.Function, "image", c.Image)
+		return
+	}
+	w.mu.Lock()
+	if job := w.pulls[c.Image]; job != nil {
+		job.functions[c.Function] = struct{}{}
+		w.mu.Unlock()
+		return
+	}
+	job := &prepull{functions: map[string]struct{}{c.Function: {}}}
+	w.pulls[c.Image] = job
+	w.wg.Add(1)
+	w.mu.Unlock()
+
+	go func() {
+		defer w.wg.Done()
+		var err error
+		var took time.Duration
+		select {
+		case w.pullSem <- struct{}{}:
+			start := time.Now()
+			err = p.Prepull(ctx, c.Image)
+			took = time.Since(start)
+			<-w.pullSem
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		w.mu.Lock()
+		delete(w.pulls, c.Image)
+		fns := make([]string, 0, len(job.functions))
+		for fn := range job.functions {
+			fns = append(fns, fn)
+		}
+		w.mu.Unlock()
+		if ctx.Err() != nil { // the worker is stopping
+			return
+		}
+		reason := ""
+		if err != nil {
+			reason = err.Error()
+			w.log.Warn("image prepull failed", "image", c.Image, "functions", fns, "err", err)
+		} else {
+			w.log.Info("image prepulled", "image", c.Image, "functions", fns, "took", took.Round(time.Millisecond))
+		}
+		cur := w.current()
+		if cur == nil {
+			return
+		}
+		for _, fn := range fns {
+			cur.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Image{Image: &pb.ImageEvent{
+				Epoch: cur.epoch, Function: fn, Image: c.Image, Ok: err == nil, Reason: reason}}})
+		}
+	}()
 }
 
 func (w *Worker) event(s *session, kind pb.SandboxEvent_Kind, in *pb.SandboxInfo, reason string, micros int64) {

@@ -141,7 +141,7 @@ func (x SandboxEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SandboxEvent_Kind.Descriptor instead.
 func (SandboxEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{20, 0}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{21, 0}
 }
 
 // ScalingSpec holds the autoscaler's parameters (Knative KPA semantics).
@@ -275,6 +275,10 @@ type FunctionSpec struct {
 	Args          []string               `protobuf:"bytes,8,rep,name=args,proto3" json:"args,omitempty"`
 	TimeoutMs     int64                  `protobuf:"varint,9,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"` // bounds a request's whole life in the data plane
 	Scaling       *ScalingSpec           `protobuf:"bytes,10,opt,name=scaling,proto3" json:"scaling,omitempty"`
+	// prepull: every worker fetches the image when the function is deployed
+	// and when the worker connects, ahead of the first cold start (runtimes
+	// that pull images; the others ignore it). Needs an image.
+	Prepull bool `protobuf:"varint,11,opt,name=prepull,proto3" json:"prepull,omitempty"`
 	// retry says which requests the data plane may send again to another
 	// sandbox when the one it chose died before answering anything.
 	Retry         RetryPolicy `protobuf:"varint,12,opt,name=retry,proto3,enum=baton.controlplane.v1.RetryPolicy" json:"retry,omitempty"`
@@ -382,6 +386,13 @@ func (x *FunctionSpec) GetScaling() *ScalingSpec {
 	return nil
 }
 
+func (x *FunctionSpec) GetPrepull() bool {
+	if x != nil {
+		return x.Prepull
+	}
+	return false
+}
+
 func (x *FunctionSpec) GetRetry() RetryPolicy {
 	if x != nil {
 		return x.Retry
@@ -474,6 +485,9 @@ type FunctionStatus struct {
 	LastError       string                 `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"` // why the last sandbox creation failed, if it did
 	LastErrorUnixMs int64                  `protobuf:"varint,6,opt,name=last_error_unix_ms,json=lastErrorUnixMs,proto3" json:"last_error_unix_ms,omitempty"`
 	Panic           bool                   `protobuf:"varint,7,opt,name=panic,proto3" json:"panic,omitempty"`
+	// Workers whose last prepull of the current image failed (soft state: not
+	// stored; cleared by a success, a redeploy or the worker going away).
+	PrepullFailures []*PrepullFailure `protobuf:"bytes,8,rep,name=prepull_failures,json=prepullFailures,proto3" json:"prepull_failures,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -557,6 +571,81 @@ func (x *FunctionStatus) GetPanic() bool {
 	return false
 }
 
+func (x *FunctionStatus) GetPrepullFailures() []*PrepullFailure {
+	if x != nil {
+		return x.PrepullFailures
+	}
+	return nil
+}
+
+type PrepullFailure struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Image         string                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	UnixMs        int64                  `protobuf:"varint,4,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepullFailure) Reset() {
+	*x = PrepullFailure{}
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepullFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepullFailure) ProtoMessage() {}
+
+func (x *PrepullFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepullFailure.ProtoReflect.Descriptor instead.
+func (*PrepullFailure) Descriptor() ([]byte, []int) {
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PrepullFailure) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *PrepullFailure) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *PrepullFailure) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PrepullFailure) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
+
 type DeployFunctionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *FunctionSpec          `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -566,7 +655,7 @@ type DeployFunctionRequest struct {
 
 func (x *DeployFunctionRequest) Reset() {
 	*x = DeployFunctionRequest{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[4]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +667,7 @@ func (x *DeployFunctionRequest) String() string {
 func (*DeployFunctionRequest) ProtoMessage() {}
 
 func (x *DeployFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[4]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +680,7 @@ func (x *DeployFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeployFunctionRequest.ProtoReflect.Descriptor instead.
 func (*DeployFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{4}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeployFunctionRequest) GetSpec() *FunctionSpec {
@@ -611,7 +700,7 @@ type DeployFunctionResponse struct {
 
 func (x *DeployFunctionResponse) Reset() {
 	*x = DeployFunctionResponse{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[5]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +712,7 @@ func (x *DeployFunctionResponse) String() string {
 func (*DeployFunctionResponse) ProtoMessage() {}
 
 func (x *DeployFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[5]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +725,7 @@ func (x *DeployFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeployFunctionResponse.ProtoReflect.Descriptor instead.
 func (*DeployFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{5}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeployFunctionResponse) GetFunction() *Function {
@@ -662,7 +751,7 @@ type GetFunctionRequest struct {
 
 func (x *GetFunctionRequest) Reset() {
 	*x = GetFunctionRequest{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[6]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +763,7 @@ func (x *GetFunctionRequest) String() string {
 func (*GetFunctionRequest) ProtoMessage() {}
 
 func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[6]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +776,7 @@ func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFunctionRequest.ProtoReflect.Descriptor instead.
 func (*GetFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{6}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetFunctionRequest) GetName() string {
@@ -705,7 +794,7 @@ type ListFunctionsRequest struct {
 
 func (x *ListFunctionsRequest) Reset() {
 	*x = ListFunctionsRequest{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[7]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +806,7 @@ func (x *ListFunctionsRequest) String() string {
 func (*ListFunctionsRequest) ProtoMessage() {}
 
 func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[7]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +819,7 @@ func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsRequest.ProtoReflect.Descriptor instead.
 func (*ListFunctionsRequest) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{7}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{8}
 }
 
 type ListFunctionsResponse struct {
@@ -742,7 +831,7 @@ type ListFunctionsResponse struct {
 
 func (x *ListFunctionsResponse) Reset() {
 	*x = ListFunctionsResponse{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[8]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +843,7 @@ func (x *ListFunctionsResponse) String() string {
 func (*ListFunctionsResponse) ProtoMessage() {}
 
 func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[8]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +856,7 @@ func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsResponse.ProtoReflect.Descriptor instead.
 func (*ListFunctionsResponse) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{8}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListFunctionsResponse) GetFunctions() []*Function {
@@ -786,7 +875,7 @@ type DeleteFunctionRequest struct {
 
 func (x *DeleteFunctionRequest) Reset() {
 	*x = DeleteFunctionRequest{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[9]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +887,7 @@ func (x *DeleteFunctionRequest) String() string {
 func (*DeleteFunctionRequest) ProtoMessage() {}
 
 func (x *DeleteFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[9]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +900,7 @@ func (x *DeleteFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFunctionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{9}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteFunctionRequest) GetName() string {
@@ -829,7 +918,7 @@ type DeleteFunctionResponse struct {
 
 func (x *DeleteFunctionResponse) Reset() {
 	*x = DeleteFunctionResponse{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[10]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +930,7 @@ func (x *DeleteFunctionResponse) String() string {
 func (*DeleteFunctionResponse) ProtoMessage() {}
 
 func (x *DeleteFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[10]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +943,7 @@ func (x *DeleteFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFunctionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{10}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{11}
 }
 
 type GetStatusRequest struct {
@@ -865,7 +954,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[11]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +966,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[11]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +979,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{11}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{12}
 }
 
 type ClusterStatus struct {
@@ -905,7 +994,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[12]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1006,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[12]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1019,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{12}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ClusterStatus) GetWorkers() []*WorkerStatus {
@@ -977,7 +1066,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[13]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1078,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[13]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1091,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{13}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WorkerStatus) GetWorkerId() string {
@@ -1072,7 +1161,7 @@ type DataPlaneStatus struct {
 
 func (x *DataPlaneStatus) Reset() {
 	*x = DataPlaneStatus{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[14]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1173,7 @@ func (x *DataPlaneStatus) String() string {
 func (*DataPlaneStatus) ProtoMessage() {}
 
 func (x *DataPlaneStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[14]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1186,7 @@ func (x *DataPlaneStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataPlaneStatus.ProtoReflect.Descriptor instead.
 func (*DataPlaneStatus) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{14}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DataPlaneStatus) GetDataPlaneId() string {
@@ -1132,7 +1221,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[15]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1233,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[15]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1246,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{15}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Resources) GetCpuMillicores() int64 {
@@ -1188,6 +1277,7 @@ type WorkerMessage struct {
 	//	*WorkerMessage_Hello
 	//	*WorkerMessage_Heartbeat
 	//	*WorkerMessage_Event
+	//	*WorkerMessage_Image
 	Msg           isWorkerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1195,7 +1285,7 @@ type WorkerMessage struct {
 
 func (x *WorkerMessage) Reset() {
 	*x = WorkerMessage{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[16]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1297,7 @@ func (x *WorkerMessage) String() string {
 func (*WorkerMessage) ProtoMessage() {}
 
 func (x *WorkerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[16]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1310,7 @@ func (x *WorkerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerMessage.ProtoReflect.Descriptor instead.
 func (*WorkerMessage) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{16}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WorkerMessage) GetMsg() isWorkerMessage_Msg {
@@ -1257,6 +1347,15 @@ func (x *WorkerMessage) GetEvent() *SandboxEvent {
 	return nil
 }
 
+func (x *WorkerMessage) GetImage() *ImageEvent {
+	if x != nil {
+		if x, ok := x.Msg.(*WorkerMessage_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
 type isWorkerMessage_Msg interface {
 	isWorkerMessage_Msg()
 }
@@ -1273,11 +1372,17 @@ type WorkerMessage_Event struct {
 	Event *SandboxEvent `protobuf:"bytes,3,opt,name=event,proto3,oneof"`
 }
 
+type WorkerMessage_Image struct {
+	Image *ImageEvent `protobuf:"bytes,4,opt,name=image,proto3,oneof"`
+}
+
 func (*WorkerMessage_Hello) isWorkerMessage_Msg() {}
 
 func (*WorkerMessage_Heartbeat) isWorkerMessage_Msg() {}
 
 func (*WorkerMessage_Event) isWorkerMessage_Msg() {}
+
+func (*WorkerMessage_Image) isWorkerMessage_Msg() {}
 
 // WorkerHello opens a session. It lists every sandbox the worker runs, so a
 // control plane (a new one, or one that lost the worker for a while) can adopt
@@ -1296,7 +1401,7 @@ type WorkerHello struct {
 
 func (x *WorkerHello) Reset() {
 	*x = WorkerHello{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[17]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1413,7 @@ func (x *WorkerHello) String() string {
 func (*WorkerHello) ProtoMessage() {}
 
 func (x *WorkerHello) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[17]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1426,7 @@ func (x *WorkerHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerHello.ProtoReflect.Descriptor instead.
 func (*WorkerHello) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{17}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WorkerHello) GetWorkerId() string {
@@ -1378,7 +1483,7 @@ type WorkerHeartbeat struct {
 
 func (x *WorkerHeartbeat) Reset() {
 	*x = WorkerHeartbeat{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[18]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1390,7 +1495,7 @@ func (x *WorkerHeartbeat) String() string {
 func (*WorkerHeartbeat) ProtoMessage() {}
 
 func (x *WorkerHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[18]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1403,7 +1508,7 @@ func (x *WorkerHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerHeartbeat.ProtoReflect.Descriptor instead.
 func (*WorkerHeartbeat) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{18}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WorkerHeartbeat) GetEpoch() uint64 {
@@ -1448,7 +1553,7 @@ type SandboxInfo struct {
 
 func (x *SandboxInfo) Reset() {
 	*x = SandboxInfo{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[19]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1565,7 @@ func (x *SandboxInfo) String() string {
 func (*SandboxInfo) ProtoMessage() {}
 
 func (x *SandboxInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[19]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1578,7 @@ func (x *SandboxInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxInfo.ProtoReflect.Descriptor instead.
 func (*SandboxInfo) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{19}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SandboxInfo) GetSandboxId() string {
@@ -1531,7 +1636,7 @@ type SandboxEvent struct {
 
 func (x *SandboxEvent) Reset() {
 	*x = SandboxEvent{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[20]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1543,7 +1648,7 @@ func (x *SandboxEvent) String() string {
 func (*SandboxEvent) ProtoMessage() {}
 
 func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[20]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1556,7 +1661,7 @@ func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxEvent.ProtoReflect.Descriptor instead.
 func (*SandboxEvent) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{20}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SandboxEvent) GetEpoch() uint64 {
@@ -1594,6 +1699,84 @@ func (x *SandboxEvent) GetCreateMicros() int64 {
 	return 0
 }
 
+// ImageEvent reports the outcome of a PrepullImage, one per function that
+// asked for the image. A worker whose runtime does not pull images sends none.
+type ImageEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Function      string                 `protobuf:"bytes,2,opt,name=function,proto3" json:"function,omitempty"`
+	Image         string                 `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
+	Ok            bool                   `protobuf:"varint,4,opt,name=ok,proto3" json:"ok,omitempty"`
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"` // why it failed, when !ok
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageEvent) Reset() {
+	*x = ImageEvent{}
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageEvent) ProtoMessage() {}
+
+func (x *ImageEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageEvent.ProtoReflect.Descriptor instead.
+func (*ImageEvent) Descriptor() ([]byte, []int) {
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ImageEvent) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ImageEvent) GetFunction() string {
+	if x != nil {
+		return x.Function
+	}
+	return ""
+}
+
+func (x *ImageEvent) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *ImageEvent) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *ImageEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type WorkerCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Epoch uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
@@ -1602,6 +1785,7 @@ type WorkerCommand struct {
 	//	*WorkerCommand_Accepted
 	//	*WorkerCommand_Create
 	//	*WorkerCommand_Delete
+	//	*WorkerCommand_Prepull
 	Cmd           isWorkerCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1609,7 +1793,7 @@ type WorkerCommand struct {
 
 func (x *WorkerCommand) Reset() {
 	*x = WorkerCommand{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[21]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1805,7 @@ func (x *WorkerCommand) String() string {
 func (*WorkerCommand) ProtoMessage() {}
 
 func (x *WorkerCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[21]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1818,7 @@ func (x *WorkerCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerCommand.ProtoReflect.Descriptor instead.
 func (*WorkerCommand) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{21}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WorkerCommand) GetEpoch() uint64 {
@@ -1678,6 +1862,15 @@ func (x *WorkerCommand) GetDelete() *DeleteSandbox {
 	return nil
 }
 
+func (x *WorkerCommand) GetPrepull() *PrepullImage {
+	if x != nil {
+		if x, ok := x.Cmd.(*WorkerCommand_Prepull); ok {
+			return x.Prepull
+		}
+	}
+	return nil
+}
+
 type isWorkerCommand_Cmd interface {
 	isWorkerCommand_Cmd()
 }
@@ -1694,11 +1887,17 @@ type WorkerCommand_Delete struct {
 	Delete *DeleteSandbox `protobuf:"bytes,4,opt,name=delete,proto3,oneof"`
 }
 
+type WorkerCommand_Prepull struct {
+	Prepull *PrepullImage `protobuf:"bytes,5,opt,name=prepull,proto3,oneof"`
+}
+
 func (*WorkerCommand_Accepted) isWorkerCommand_Cmd() {}
 
 func (*WorkerCommand_Create) isWorkerCommand_Cmd() {}
 
 func (*WorkerCommand_Delete) isWorkerCommand_Cmd() {}
+
+func (*WorkerCommand_Prepull) isWorkerCommand_Cmd() {}
 
 type SessionAccepted struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -1710,7 +1909,7 @@ type SessionAccepted struct {
 
 func (x *SessionAccepted) Reset() {
 	*x = SessionAccepted{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[22]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +1921,7 @@ func (x *SessionAccepted) String() string {
 func (*SessionAccepted) ProtoMessage() {}
 
 func (x *SessionAccepted) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[22]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +1934,7 @@ func (x *SessionAccepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAccepted.ProtoReflect.Descriptor instead.
 func (*SessionAccepted) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{22}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SessionAccepted) GetEpoch() uint64 {
@@ -1763,7 +1962,7 @@ type CreateSandbox struct {
 
 func (x *CreateSandbox) Reset() {
 	*x = CreateSandbox{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[23]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +1974,7 @@ func (x *CreateSandbox) String() string {
 func (*CreateSandbox) ProtoMessage() {}
 
 func (x *CreateSandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[23]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +1987,7 @@ func (x *CreateSandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandbox.ProtoReflect.Descriptor instead.
 func (*CreateSandbox) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{23}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateSandbox) GetSandboxId() string {
@@ -1821,7 +2020,7 @@ type DeleteSandbox struct {
 
 func (x *DeleteSandbox) Reset() {
 	*x = DeleteSandbox{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[24]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +2032,7 @@ func (x *DeleteSandbox) String() string {
 func (*DeleteSandbox) ProtoMessage() {}
 
 func (x *DeleteSandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[24]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,12 +2045,68 @@ func (x *DeleteSandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSandbox.ProtoReflect.Descriptor instead.
 func (*DeleteSandbox) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{24}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteSandbox) GetSandboxId() string {
 	if x != nil {
 		return x.SandboxId
+	}
+	return ""
+}
+
+// PrepullImage asks a worker to fetch and unpack a function's image now, so
+// that its first cold start there does not wait for the pull. Idempotent: an
+// image the worker has, or is pulling, is not pulled again. The worker answers
+// with an ImageEvent.
+type PrepullImage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Function      string                 `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
+	Image         string                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepullImage) Reset() {
+	*x = PrepullImage{}
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepullImage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepullImage) ProtoMessage() {}
+
+func (x *PrepullImage) ProtoReflect() protoreflect.Message {
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepullImage.ProtoReflect.Descriptor instead.
+func (*PrepullImage) Descriptor() ([]byte, []int) {
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PrepullImage) GetFunction() string {
+	if x != nil {
+		return x.Function
+	}
+	return ""
+}
+
+func (x *PrepullImage) GetImage() string {
+	if x != nil {
+		return x.Image
 	}
 	return ""
 }
@@ -1871,7 +2126,7 @@ type DataPlaneMessage struct {
 
 func (x *DataPlaneMessage) Reset() {
 	*x = DataPlaneMessage{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[25]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2138,7 @@ func (x *DataPlaneMessage) String() string {
 func (*DataPlaneMessage) ProtoMessage() {}
 
 func (x *DataPlaneMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[25]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2151,7 @@ func (x *DataPlaneMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataPlaneMessage.ProtoReflect.Descriptor instead.
 func (*DataPlaneMessage) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{25}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DataPlaneMessage) GetMsg() isDataPlaneMessage_Msg {
@@ -1984,7 +2239,7 @@ type RouteAck struct {
 
 func (x *RouteAck) Reset() {
 	*x = RouteAck{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2251,7 @@ func (x *RouteAck) String() string {
 func (*RouteAck) ProtoMessage() {}
 
 func (x *RouteAck) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2264,7 @@ func (x *RouteAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteAck.ProtoReflect.Descriptor instead.
 func (*RouteAck) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{26}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RouteAck) GetEpoch() uint64 {
@@ -2037,7 +2292,7 @@ type DataPlaneHello struct {
 
 func (x *DataPlaneHello) Reset() {
 	*x = DataPlaneHello{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2304,7 @@ func (x *DataPlaneHello) String() string {
 func (*DataPlaneHello) ProtoMessage() {}
 
 func (x *DataPlaneHello) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2317,7 @@ func (x *DataPlaneHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataPlaneHello.ProtoReflect.Descriptor instead.
 func (*DataPlaneHello) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{27}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DataPlaneHello) GetDataPlaneId() string {
@@ -2099,7 +2354,7 @@ type LoadReport struct {
 
 func (x *LoadReport) Reset() {
 	*x = LoadReport{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2366,7 @@ func (x *LoadReport) String() string {
 func (*LoadReport) ProtoMessage() {}
 
 func (x *LoadReport) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2379,7 @@ func (x *LoadReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadReport.ProtoReflect.Descriptor instead.
 func (*LoadReport) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{28}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LoadReport) GetEpoch() uint64 {
@@ -2161,7 +2416,7 @@ type FunctionLoad struct {
 
 func (x *FunctionLoad) Reset() {
 	*x = FunctionLoad{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2428,7 @@ func (x *FunctionLoad) String() string {
 func (*FunctionLoad) ProtoMessage() {}
 
 func (x *FunctionLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2441,7 @@ func (x *FunctionLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionLoad.ProtoReflect.Descriptor instead.
 func (*FunctionLoad) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{29}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FunctionLoad) GetFunction() string {
@@ -2238,7 +2493,7 @@ type ScaleRequest struct {
 
 func (x *ScaleRequest) Reset() {
 	*x = ScaleRequest{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2505,7 @@ func (x *ScaleRequest) String() string {
 func (*ScaleRequest) ProtoMessage() {}
 
 func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2518,7 @@ func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleRequest.ProtoReflect.Descriptor instead.
 func (*ScaleRequest) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{30}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ScaleRequest) GetEpoch() uint64 {
@@ -2305,7 +2560,7 @@ type RouteUpdate struct {
 
 func (x *RouteUpdate) Reset() {
 	*x = RouteUpdate{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2572,7 @@ func (x *RouteUpdate) String() string {
 func (*RouteUpdate) ProtoMessage() {}
 
 func (x *RouteUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2585,7 @@ func (x *RouteUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteUpdate.ProtoReflect.Descriptor instead.
 func (*RouteUpdate) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{31}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RouteUpdate) GetEpoch() uint64 {
@@ -2373,7 +2628,7 @@ type FunctionRoute struct {
 
 func (x *FunctionRoute) Reset() {
 	*x = FunctionRoute{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2385,7 +2640,7 @@ func (x *FunctionRoute) String() string {
 func (*FunctionRoute) ProtoMessage() {}
 
 func (x *FunctionRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2398,7 +2653,7 @@ func (x *FunctionRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionRoute.ProtoReflect.Descriptor instead.
 func (*FunctionRoute) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{32}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FunctionRoute) GetName() string {
@@ -2476,7 +2731,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2743,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2756,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{33}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Endpoint) GetSandboxId() string {
@@ -2548,7 +2803,7 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\x11max_scale_up_rate\x18\b \x01(\x01R\x0emaxScaleUpRate\x12-\n" +
 	"\x13max_scale_down_rate\x18\t \x01(\x01R\x10maxScaleDownRate\x122\n" +
 	"\x16scale_to_zero_grace_ms\x18\n" +
-	" \x01(\x03R\x12scaleToZeroGraceMs\"\xdb\x03\n" +
+	" \x01(\x03R\x12scaleToZeroGraceMs\"\xf5\x03\n" +
 	"\fFunctionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06binary\x18\x02 \x01(\tR\x06binary\x12\x14\n" +
@@ -2562,7 +2817,8 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ms\x18\t \x01(\x03R\ttimeoutMs\x12<\n" +
 	"\ascaling\x18\n" +
-	" \x01(\v2\".baton.controlplane.v1.ScalingSpecR\ascaling\x128\n" +
+	" \x01(\v2\".baton.controlplane.v1.ScalingSpecR\ascaling\x12\x18\n" +
+	"\aprepull\x18\v \x01(\bR\aprepull\x128\n" +
 	"\x05retry\x18\f \x01(\x0e2\".baton.controlplane.v1.RetryPolicyR\x05retry\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -2574,7 +2830,7 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"generation\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x03 \x01(\x03R\rcreatedUnixMs\x12&\n" +
 	"\x0fupdated_unix_ms\x18\x04 \x01(\x03R\rupdatedUnixMs\x12=\n" +
-	"\x06status\x18\x05 \x01(\v2%.baton.controlplane.v1.FunctionStatusR\x06status\"\xd8\x01\n" +
+	"\x06status\x18\x05 \x01(\v2%.baton.controlplane.v1.FunctionStatusR\x06status\"\xaa\x02\n" +
 	"\x0eFunctionStatus\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x05R\x05ready\x12\x18\n" +
 	"\apending\x18\x02 \x01(\x05R\apending\x12\x18\n" +
@@ -2583,7 +2839,13 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x05 \x01(\tR\tlastError\x12+\n" +
 	"\x12last_error_unix_ms\x18\x06 \x01(\x03R\x0flastErrorUnixMs\x12\x14\n" +
-	"\x05panic\x18\a \x01(\bR\x05panic\"P\n" +
+	"\x05panic\x18\a \x01(\bR\x05panic\x12P\n" +
+	"\x10prepull_failures\x18\b \x03(\v2%.baton.controlplane.v1.PrepullFailureR\x0fprepullFailures\"t\n" +
+	"\x0ePrepullFailure\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x14\n" +
+	"\x05image\x18\x02 \x01(\tR\x05image\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x17\n" +
+	"\aunix_ms\x18\x04 \x01(\x03R\x06unixMs\"P\n" +
 	"\x15DeployFunctionRequest\x127\n" +
 	"\x04spec\x18\x01 \x01(\v2#.baton.controlplane.v1.FunctionSpecR\x04spec\"o\n" +
 	"\x16DeployFunctionResponse\x12;\n" +
@@ -2621,11 +2883,12 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\x0ecpu_millicores\x18\x01 \x01(\x03R\rcpuMillicores\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x1c\n" +
-	"\tsandboxes\x18\x03 \x01(\x05R\tsandboxes\"\xd7\x01\n" +
+	"\tsandboxes\x18\x03 \x01(\x05R\tsandboxes\"\x92\x02\n" +
 	"\rWorkerMessage\x12:\n" +
 	"\x05hello\x18\x01 \x01(\v2\".baton.controlplane.v1.WorkerHelloH\x00R\x05hello\x12F\n" +
 	"\theartbeat\x18\x02 \x01(\v2&.baton.controlplane.v1.WorkerHeartbeatH\x00R\theartbeat\x12;\n" +
-	"\x05event\x18\x03 \x01(\v2#.baton.controlplane.v1.SandboxEventH\x00R\x05eventB\x05\n" +
+	"\x05event\x18\x03 \x01(\v2#.baton.controlplane.v1.SandboxEventH\x00R\x05event\x129\n" +
+	"\x05image\x18\x04 \x01(\v2!.baton.controlplane.v1.ImageEventH\x00R\x05imageB\x05\n" +
 	"\x03msg\"\xff\x01\n" +
 	"\vWorkerHello\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
@@ -2663,12 +2926,20 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"KIND_READY\x10\x01\x12\x0f\n" +
 	"\vKIND_FAILED\x10\x02\x12\x0f\n" +
 	"\vKIND_EXITED\x10\x03\x12\x10\n" +
-	"\fKIND_DELETED\x10\x04\"\xf2\x01\n" +
+	"\fKIND_DELETED\x10\x04\"|\n" +
+	"\n" +
+	"ImageEvent\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1a\n" +
+	"\bfunction\x18\x02 \x01(\tR\bfunction\x12\x14\n" +
+	"\x05image\x18\x03 \x01(\tR\x05image\x12\x0e\n" +
+	"\x02ok\x18\x04 \x01(\bR\x02ok\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xb3\x02\n" +
 	"\rWorkerCommand\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12D\n" +
 	"\baccepted\x18\x02 \x01(\v2&.baton.controlplane.v1.SessionAcceptedH\x00R\baccepted\x12>\n" +
 	"\x06create\x18\x03 \x01(\v2$.baton.controlplane.v1.CreateSandboxH\x00R\x06create\x12>\n" +
-	"\x06delete\x18\x04 \x01(\v2$.baton.controlplane.v1.DeleteSandboxH\x00R\x06deleteB\x05\n" +
+	"\x06delete\x18\x04 \x01(\v2$.baton.controlplane.v1.DeleteSandboxH\x00R\x06delete\x12?\n" +
+	"\aprepull\x18\x05 \x01(\v2#.baton.controlplane.v1.PrepullImageH\x00R\aprepullB\x05\n" +
 	"\x03cmd\"[\n" +
 	"\x0fSessionAccepted\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x122\n" +
@@ -2682,7 +2953,10 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"generation\".\n" +
 	"\rDeleteSandbox\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x83\x02\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"@\n" +
+	"\fPrepullImage\x12\x1a\n" +
+	"\bfunction\x18\x01 \x01(\tR\bfunction\x12\x14\n" +
+	"\x05image\x18\x02 \x01(\tR\x05image\"\x83\x02\n" +
 	"\x10DataPlaneMessage\x12=\n" +
 	"\x05hello\x18\x01 \x01(\v2%.baton.controlplane.v1.DataPlaneHelloH\x00R\x05hello\x127\n" +
 	"\x04load\x18\x02 \x01(\v2!.baton.controlplane.v1.LoadReportH\x00R\x04load\x12;\n" +
@@ -2764,7 +3038,7 @@ func file_api_controlplane_v1_controlplane_proto_rawDescGZIP() []byte {
 }
 
 var file_api_controlplane_v1_controlplane_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_api_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_api_controlplane_v1_controlplane_proto_goTypes = []any{
 	(RetryPolicy)(0),               // 0: baton.controlplane.v1.RetryPolicy
 	(SandboxEvent_Kind)(0),         // 1: baton.controlplane.v1.SandboxEvent.Kind
@@ -2772,91 +3046,97 @@ var file_api_controlplane_v1_controlplane_proto_goTypes = []any{
 	(*FunctionSpec)(nil),           // 3: baton.controlplane.v1.FunctionSpec
 	(*Function)(nil),               // 4: baton.controlplane.v1.Function
 	(*FunctionStatus)(nil),         // 5: baton.controlplane.v1.FunctionStatus
-	(*DeployFunctionRequest)(nil),  // 6: baton.controlplane.v1.DeployFunctionRequest
-	(*DeployFunctionResponse)(nil), // 7: baton.controlplane.v1.DeployFunctionResponse
-	(*GetFunctionRequest)(nil),     // 8: baton.controlplane.v1.GetFunctionRequest
-	(*ListFunctionsRequest)(nil),   // 9: baton.controlplane.v1.ListFunctionsRequest
-	(*ListFunctionsResponse)(nil),  // 10: baton.controlplane.v1.ListFunctionsResponse
-	(*DeleteFunctionRequest)(nil),  // 11: baton.controlplane.v1.DeleteFunctionRequest
-	(*DeleteFunctionResponse)(nil), // 12: baton.controlplane.v1.DeleteFunctionResponse
-	(*GetStatusRequest)(nil),       // 13: baton.controlplane.v1.GetStatusRequest
-	(*ClusterStatus)(nil),          // 14: baton.controlplane.v1.ClusterStatus
-	(*WorkerStatus)(nil),           // 15: baton.controlplane.v1.WorkerStatus
-	(*DataPlaneStatus)(nil),        // 16: baton.controlplane.v1.DataPlaneStatus
-	(*Resources)(nil),              // 17: baton.controlplane.v1.Resources
-	(*WorkerMessage)(nil),          // 18: baton.controlplane.v1.WorkerMessage
-	(*WorkerHello)(nil),            // 19: baton.controlplane.v1.WorkerHello
-	(*WorkerHeartbeat)(nil),        // 20: baton.controlplane.v1.WorkerHeartbeat
-	(*SandboxInfo)(nil),            // 21: baton.controlplane.v1.SandboxInfo
-	(*SandboxEvent)(nil),           // 22: baton.controlplane.v1.SandboxEvent
-	(*WorkerCommand)(nil),          // 23: baton.controlplane.v1.WorkerCommand
-	(*SessionAccepted)(nil),        // 24: baton.controlplane.v1.SessionAccepted
-	(*CreateSandbox)(nil),          // 25: baton.controlplane.v1.CreateSandbox
-	(*DeleteSandbox)(nil),          // 26: baton.controlplane.v1.DeleteSandbox
-	(*DataPlaneMessage)(nil),       // 27: baton.controlplane.v1.DataPlaneMessage
-	(*RouteAck)(nil),               // 28: baton.controlplane.v1.RouteAck
-	(*DataPlaneHello)(nil),         // 29: baton.controlplane.v1.DataPlaneHello
-	(*LoadReport)(nil),             // 30: baton.controlplane.v1.LoadReport
-	(*FunctionLoad)(nil),           // 31: baton.controlplane.v1.FunctionLoad
-	(*ScaleRequest)(nil),           // 32: baton.controlplane.v1.ScaleRequest
-	(*RouteUpdate)(nil),            // 33: baton.controlplane.v1.RouteUpdate
-	(*FunctionRoute)(nil),          // 34: baton.controlplane.v1.FunctionRoute
-	(*Endpoint)(nil),               // 35: baton.controlplane.v1.Endpoint
-	nil,                            // 36: baton.controlplane.v1.FunctionSpec.EnvEntry
+	(*PrepullFailure)(nil),         // 6: baton.controlplane.v1.PrepullFailure
+	(*DeployFunctionRequest)(nil),  // 7: baton.controlplane.v1.DeployFunctionRequest
+	(*DeployFunctionResponse)(nil), // 8: baton.controlplane.v1.DeployFunctionResponse
+	(*GetFunctionRequest)(nil),     // 9: baton.controlplane.v1.GetFunctionRequest
+	(*ListFunctionsRequest)(nil),   // 10: baton.controlplane.v1.ListFunctionsRequest
+	(*ListFunctionsResponse)(nil),  // 11: baton.controlplane.v1.ListFunctionsResponse
+	(*DeleteFunctionRequest)(nil),  // 12: baton.controlplane.v1.DeleteFunctionRequest
+	(*DeleteFunctionResponse)(nil), // 13: baton.controlplane.v1.DeleteFunctionResponse
+	(*GetStatusRequest)(nil),       // 14: baton.controlplane.v1.GetStatusRequest
+	(*ClusterStatus)(nil),          // 15: baton.controlplane.v1.ClusterStatus
+	(*WorkerStatus)(nil),           // 16: baton.controlplane.v1.WorkerStatus
+	(*DataPlaneStatus)(nil),        // 17: baton.controlplane.v1.DataPlaneStatus
+	(*Resources)(nil),              // 18: baton.controlplane.v1.Resources
+	(*WorkerMessage)(nil),          // 19: baton.controlplane.v1.WorkerMessage
+	(*WorkerHello)(nil),            // 20: baton.controlplane.v1.WorkerHello
+	(*WorkerHeartbeat)(nil),        // 21: baton.controlplane.v1.WorkerHeartbeat
+	(*SandboxInfo)(nil),            // 22: baton.controlplane.v1.SandboxInfo
+	(*SandboxEvent)(nil),           // 23: baton.controlplane.v1.SandboxEvent
+	(*ImageEvent)(nil),             // 24: baton.controlplane.v1.ImageEvent
+	(*WorkerCommand)(nil),          // 25: baton.controlplane.v1.WorkerCommand
+	(*SessionAccepted)(nil),        // 26: baton.controlplane.v1.SessionAccepted
+	(*CreateSandbox)(nil),          // 27: baton.controlplane.v1.CreateSandbox
+	(*DeleteSandbox)(nil),          // 28: baton.controlplane.v1.DeleteSandbox
+	(*PrepullImage)(nil),           // 29: baton.controlplane.v1.PrepullImage
+	(*DataPlaneMessage)(nil),       // 30: baton.controlplane.v1.DataPlaneMessage
+	(*RouteAck)(nil),               // 31: baton.controlplane.v1.RouteAck
+	(*DataPlaneHello)(nil),         // 32: baton.controlplane.v1.DataPlaneHello
+	(*LoadReport)(nil),             // 33: baton.controlplane.v1.LoadReport
+	(*FunctionLoad)(nil),           // 34: baton.controlplane.v1.FunctionLoad
+	(*ScaleRequest)(nil),           // 35: baton.controlplane.v1.ScaleRequest
+	(*RouteUpdate)(nil),            // 36: baton.controlplane.v1.RouteUpdate
+	(*FunctionRoute)(nil),          // 37: baton.controlplane.v1.FunctionRoute
+	(*Endpoint)(nil),               // 38: baton.controlplane.v1.Endpoint
+	nil,                            // 39: baton.controlplane.v1.FunctionSpec.EnvEntry
 }
 var file_api_controlplane_v1_controlplane_proto_depIdxs = []int32{
-	36, // 0: baton.controlplane.v1.FunctionSpec.env:type_name -> baton.controlplane.v1.FunctionSpec.EnvEntry
+	39, // 0: baton.controlplane.v1.FunctionSpec.env:type_name -> baton.controlplane.v1.FunctionSpec.EnvEntry
 	2,  // 1: baton.controlplane.v1.FunctionSpec.scaling:type_name -> baton.controlplane.v1.ScalingSpec
 	0,  // 2: baton.controlplane.v1.FunctionSpec.retry:type_name -> baton.controlplane.v1.RetryPolicy
 	3,  // 3: baton.controlplane.v1.Function.spec:type_name -> baton.controlplane.v1.FunctionSpec
 	5,  // 4: baton.controlplane.v1.Function.status:type_name -> baton.controlplane.v1.FunctionStatus
-	3,  // 5: baton.controlplane.v1.DeployFunctionRequest.spec:type_name -> baton.controlplane.v1.FunctionSpec
-	4,  // 6: baton.controlplane.v1.DeployFunctionResponse.function:type_name -> baton.controlplane.v1.Function
-	4,  // 7: baton.controlplane.v1.ListFunctionsResponse.functions:type_name -> baton.controlplane.v1.Function
-	15, // 8: baton.controlplane.v1.ClusterStatus.workers:type_name -> baton.controlplane.v1.WorkerStatus
-	4,  // 9: baton.controlplane.v1.ClusterStatus.functions:type_name -> baton.controlplane.v1.Function
-	16, // 10: baton.controlplane.v1.ClusterStatus.data_planes:type_name -> baton.controlplane.v1.DataPlaneStatus
-	17, // 11: baton.controlplane.v1.WorkerStatus.capacity:type_name -> baton.controlplane.v1.Resources
-	17, // 12: baton.controlplane.v1.WorkerStatus.used:type_name -> baton.controlplane.v1.Resources
-	19, // 13: baton.controlplane.v1.WorkerMessage.hello:type_name -> baton.controlplane.v1.WorkerHello
-	20, // 14: baton.controlplane.v1.WorkerMessage.heartbeat:type_name -> baton.controlplane.v1.WorkerHeartbeat
-	22, // 15: baton.controlplane.v1.WorkerMessage.event:type_name -> baton.controlplane.v1.SandboxEvent
-	17, // 16: baton.controlplane.v1.WorkerHello.capacity:type_name -> baton.controlplane.v1.Resources
-	21, // 17: baton.controlplane.v1.WorkerHello.sandboxes:type_name -> baton.controlplane.v1.SandboxInfo
-	17, // 18: baton.controlplane.v1.WorkerHeartbeat.used:type_name -> baton.controlplane.v1.Resources
-	1,  // 19: baton.controlplane.v1.SandboxEvent.kind:type_name -> baton.controlplane.v1.SandboxEvent.Kind
-	21, // 20: baton.controlplane.v1.SandboxEvent.sandbox:type_name -> baton.controlplane.v1.SandboxInfo
-	24, // 21: baton.controlplane.v1.WorkerCommand.accepted:type_name -> baton.controlplane.v1.SessionAccepted
-	25, // 22: baton.controlplane.v1.WorkerCommand.create:type_name -> baton.controlplane.v1.CreateSandbox
-	26, // 23: baton.controlplane.v1.WorkerCommand.delete:type_name -> baton.controlplane.v1.DeleteSandbox
-	3,  // 24: baton.controlplane.v1.CreateSandbox.spec:type_name -> baton.controlplane.v1.FunctionSpec
-	29, // 25: baton.controlplane.v1.DataPlaneMessage.hello:type_name -> baton.controlplane.v1.DataPlaneHello
-	30, // 26: baton.controlplane.v1.DataPlaneMessage.load:type_name -> baton.controlplane.v1.LoadReport
-	32, // 27: baton.controlplane.v1.DataPlaneMessage.scale:type_name -> baton.controlplane.v1.ScaleRequest
-	28, // 28: baton.controlplane.v1.DataPlaneMessage.ack:type_name -> baton.controlplane.v1.RouteAck
-	31, // 29: baton.controlplane.v1.LoadReport.functions:type_name -> baton.controlplane.v1.FunctionLoad
-	34, // 30: baton.controlplane.v1.RouteUpdate.functions:type_name -> baton.controlplane.v1.FunctionRoute
-	35, // 31: baton.controlplane.v1.FunctionRoute.endpoints:type_name -> baton.controlplane.v1.Endpoint
-	0,  // 32: baton.controlplane.v1.FunctionRoute.retry:type_name -> baton.controlplane.v1.RetryPolicy
-	6,  // 33: baton.controlplane.v1.ControlPlane.DeployFunction:input_type -> baton.controlplane.v1.DeployFunctionRequest
-	8,  // 34: baton.controlplane.v1.ControlPlane.GetFunction:input_type -> baton.controlplane.v1.GetFunctionRequest
-	9,  // 35: baton.controlplane.v1.ControlPlane.ListFunctions:input_type -> baton.controlplane.v1.ListFunctionsRequest
-	11, // 36: baton.controlplane.v1.ControlPlane.DeleteFunction:input_type -> baton.controlplane.v1.DeleteFunctionRequest
-	13, // 37: baton.controlplane.v1.ControlPlane.GetStatus:input_type -> baton.controlplane.v1.GetStatusRequest
-	18, // 38: baton.controlplane.v1.ControlPlane.WorkerSession:input_type -> baton.controlplane.v1.WorkerMessage
-	27, // 39: baton.controlplane.v1.ControlPlane.DataPlaneSession:input_type -> baton.controlplane.v1.DataPlaneMessage
-	7,  // 40: baton.controlplane.v1.ControlPlane.DeployFunction:output_type -> baton.controlplane.v1.DeployFunctionResponse
-	4,  // 41: baton.controlplane.v1.ControlPlane.GetFunction:output_type -> baton.controlplane.v1.Function
-	10, // 42: baton.controlplane.v1.ControlPlane.ListFunctions:output_type -> baton.controlplane.v1.ListFunctionsResponse
-	12, // 43: baton.controlplane.v1.ControlPlane.DeleteFunction:output_type -> baton.controlplane.v1.DeleteFunctionResponse
-	14, // 44: baton.controlplane.v1.ControlPlane.GetStatus:output_type -> baton.controlplane.v1.ClusterStatus
-	23, // 45: baton.controlplane.v1.ControlPlane.WorkerSession:output_type -> baton.controlplane.v1.WorkerCommand
-	33, // 46: baton.controlplane.v1.ControlPlane.DataPlaneSession:output_type -> baton.controlplane.v1.RouteUpdate
-	40, // [40:47] is the sub-list for method output_type
-	33, // [33:40] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	6,  // 5: baton.controlplane.v1.FunctionStatus.prepull_failures:type_name -> baton.controlplane.v1.PrepullFailure
+	3,  // 6: baton.controlplane.v1.DeployFunctionRequest.spec:type_name -> baton.controlplane.v1.FunctionSpec
+	4,  // 7: baton.controlplane.v1.DeployFunctionResponse.function:type_name -> baton.controlplane.v1.Function
+	4,  // 8: baton.controlplane.v1.ListFunctionsResponse.functions:type_name -> baton.controlplane.v1.Function
+	16, // 9: baton.controlplane.v1.ClusterStatus.workers:type_name -> baton.controlplane.v1.WorkerStatus
+	4,  // 10: baton.controlplane.v1.ClusterStatus.functions:type_name -> baton.controlplane.v1.Function
+	17, // 11: baton.controlplane.v1.ClusterStatus.data_planes:type_name -> baton.controlplane.v1.DataPlaneStatus
+	18, // 12: baton.controlplane.v1.WorkerStatus.capacity:type_name -> baton.controlplane.v1.Resources
+	18, // 13: baton.controlplane.v1.WorkerStatus.used:type_name -> baton.controlplane.v1.Resources
+	20, // 14: baton.controlplane.v1.WorkerMessage.hello:type_name -> baton.controlplane.v1.WorkerHello
+	21, // 15: baton.controlplane.v1.WorkerMessage.heartbeat:type_name -> baton.controlplane.v1.WorkerHeartbeat
+	23, // 16: baton.controlplane.v1.WorkerMessage.event:type_name -> baton.controlplane.v1.SandboxEvent
+	24, // 17: baton.controlplane.v1.WorkerMessage.image:type_name -> baton.controlplane.v1.ImageEvent
+	18, // 18: baton.controlplane.v1.WorkerHello.capacity:type_name -> baton.controlplane.v1.Resources
+	22, // 19: baton.controlplane.v1.WorkerHello.sandboxes:type_name -> baton.controlplane.v1.SandboxInfo
+	18, // 20: baton.controlplane.v1.WorkerHeartbeat.used:type_name -> baton.controlplane.v1.Resources
+	1,  // 21: baton.controlplane.v1.SandboxEvent.kind:type_name -> baton.controlplane.v1.SandboxEvent.Kind
+	22, // 22: baton.controlplane.v1.SandboxEvent.sandbox:type_name -> baton.controlplane.v1.SandboxInfo
+	26, // 23: baton.controlplane.v1.WorkerCommand.accepted:type_name -> baton.controlplane.v1.SessionAccepted
+	27, // 24: baton.controlplane.v1.WorkerCommand.create:type_name -> baton.controlplane.v1.CreateSandbox
+	28, // 25: baton.controlplane.v1.WorkerCommand.delete:type_name -> baton.controlplane.v1.DeleteSandbox
+	29, // 26: baton.controlplane.v1.WorkerCommand.prepull:type_name -> baton.controlplane.v1.PrepullImage
+	3,  // 27: baton.controlplane.v1.CreateSandbox.spec:type_name -> baton.controlplane.v1.FunctionSpec
+	32, // 28: baton.controlplane.v1.DataPlaneMessage.hello:type_name -> baton.controlplane.v1.DataPlaneHello
+	33, // 29: baton.controlplane.v1.DataPlaneMessage.load:type_name -> baton.controlplane.v1.LoadReport
+	35, // 30: baton.controlplane.v1.DataPlaneMessage.scale:type_name -> baton.controlplane.v1.ScaleRequest
+	31, // 31: baton.controlplane.v1.DataPlaneMessage.ack:type_name -> baton.controlplane.v1.RouteAck
+	34, // 32: baton.controlplane.v1.LoadReport.functions:type_name -> baton.controlplane.v1.FunctionLoad
+	37, // 33: baton.controlplane.v1.RouteUpdate.functions:type_name -> baton.controlplane.v1.FunctionRoute
+	38, // 34: baton.controlplane.v1.FunctionRoute.endpoints:type_name -> baton.controlplane.v1.Endpoint
+	0,  // 35: baton.controlplane.v1.FunctionRoute.retry:type_name -> baton.controlplane.v1.RetryPolicy
+	7,  // 36: baton.controlplane.v1.ControlPlane.DeployFunction:input_type -> baton.controlplane.v1.DeployFunctionRequest
+	9,  // 37: baton.controlplane.v1.ControlPlane.GetFunction:input_type -> baton.controlplane.v1.GetFunctionRequest
+	10, // 38: baton.controlplane.v1.ControlPlane.ListFunctions:input_type -> baton.controlplane.v1.ListFunctionsRequest
+	12, // 39: baton.controlplane.v1.ControlPlane.DeleteFunction:input_type -> baton.controlplane.v1.DeleteFunctionRequest
+	14, // 40: baton.controlplane.v1.ControlPlane.GetStatus:input_type -> baton.controlplane.v1.GetStatusRequest
+	19, // 41: baton.controlplane.v1.ControlPlane.WorkerSession:input_type -> baton.controlplane.v1.WorkerMessage
+	30, // 42: baton.controlplane.v1.ControlPlane.DataPlaneSession:input_type -> baton.controlplane.v1.DataPlaneMessage
+	8,  // 43: baton.controlplane.v1.ControlPlane.DeployFunction:output_type -> baton.controlplane.v1.DeployFunctionResponse
+	4,  // 44: baton.controlplane.v1.ControlPlane.GetFunction:output_type -> baton.controlplane.v1.Function
+	11, // 45: baton.controlplane.v1.ControlPlane.ListFunctions:output_type -> baton.controlplane.v1.ListFunctionsResponse
+	13, // 46: baton.controlplane.v1.ControlPlane.DeleteFunction:output_type -> baton.controlplane.v1.DeleteFunctionResponse
+	15, // 47: baton.controlplane.v1.ControlPlane.GetStatus:output_type -> baton.controlplane.v1.ClusterStatus
+	25, // 48: baton.controlplane.v1.ControlPlane.WorkerSession:output_type -> baton.controlplane.v1.WorkerCommand
+	36, // 49: baton.controlplane.v1.ControlPlane.DataPlaneSession:output_type -> baton.controlplane.v1.RouteUpdate
+	43, // [43:50] is the sub-list for method output_type
+	36, // [36:43] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_api_controlplane_v1_controlplane_proto_init() }
@@ -2864,17 +3144,19 @@ func file_api_controlplane_v1_controlplane_proto_init() {
 	if File_api_controlplane_v1_controlplane_proto != nil {
 		return
 	}
-	file_api_controlplane_v1_controlplane_proto_msgTypes[16].OneofWrappers = []any{
+	file_api_controlplane_v1_controlplane_proto_msgTypes[17].OneofWrappers = []any{
 		(*WorkerMessage_Hello)(nil),
 		(*WorkerMessage_Heartbeat)(nil),
 		(*WorkerMessage_Event)(nil),
+		(*WorkerMessage_Image)(nil),
 	}
-	file_api_controlplane_v1_controlplane_proto_msgTypes[21].OneofWrappers = []any{
+	file_api_controlplane_v1_controlplane_proto_msgTypes[23].OneofWrappers = []any{
 		(*WorkerCommand_Accepted)(nil),
 		(*WorkerCommand_Create)(nil),
 		(*WorkerCommand_Delete)(nil),
+		(*WorkerCommand_Prepull)(nil),
 	}
-	file_api_controlplane_v1_controlplane_proto_msgTypes[25].OneofWrappers = []any{
+	file_api_controlplane_v1_controlplane_proto_msgTypes[28].OneofWrappers = []any{
 		(*DataPlaneMessage_Hello)(nil),
 		(*DataPlaneMessage_Load)(nil),
 		(*DataPlaneMessage_Scale)(nil),
@@ -2886,7 +3168,7 @@ func file_api_controlplane_v1_controlplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_controlplane_v1_controlplane_proto_rawDesc), len(file_api_controlplane_v1_controlplane_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   35,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
