@@ -46,7 +46,7 @@ func (cp *ControlPlane) DataPlaneSession(stream pb.ControlPlane_DataPlaneSession
 	if hello == nil || hello.DataPlaneId == "" {
 		return status.Error(codes.InvalidArgument, "the first message of a data-plane session must be a hello with an id")
 	}
-	cp.awaitRebuild(stream.Context())
+	cp.awaitRebuild(stream.Context(), hello.Workers)
 	cp.mu.Lock()
 	if old := cp.dataPlanes[hello.DataPlaneId]; old != nil {
 		old.closed = true

@@ -173,19 +173,41 @@ func (cp *ControlPlane) rebuilding(now time.Time) bool {
 	return cp.lead != nil && now.Before(cp.leaderSince.Add(cp.cfg.RebuildGrace))
 }
 
-// awaitRebuild delays a data plane's first snapshot until the rebuild grace
-// has passed, so that its table is not emptied of sandboxes whose workers
-// have not reconnected yet.
-func (cp *ControlPlane) awaitRebuild(ctx context.Context) {
-	cp.mu.Lock()
-	wait := cp.leaderSince.Add(cp.cfg.RebuildGrace).Sub(cp.cfg.Now())
-	cp.mu.Unlock()
-	if cp.lead == nil || wait <= 0 {
+// awaitRebuild delays a data plane's first snapshot until the workers its
+// table routes to (expect, from its hello) have reconnected, or the rebuild
+// grace has passed, so that its table is not emptied of sandboxes whose
+// workers have not reconnected yet. Workers retry every 25 ms after losing
+// their session, so the wait is usually a few tens of milliseconds; the
+// grace bounds it when a worker died with the old leader.
+func (cp *ControlPlane) awaitRebuild(ctx context.Context, expect []string) {
+	if cp.lead == nil {
 		return
 	}
-	select {
-	case <-ctx.Done():
-	case <-time.After(wait):
+	for {
+		cp.mu.Lock()
+		wait := cp.leaderSince.Add(cp.cfg.RebuildGrace).Sub(cp.cfg.Now())
+		missing := false
+		for _, id := range expect {
+			if w := cp.workers[id]; w == nil || w.session == nil {
+				missing = true
+				break
+			}
+		}
+		joined := cp.joined
+		cp.mu.Unlock()
+		if wait <= 0 || !missing {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		case <-joined:
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			return
+		}
 	}
 }
 

@@ -159,6 +159,8 @@ func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
 	for name := range touched {
 		cp.markDirty(name)
 	}
+	close(cp.joined)
+	cp.joined = make(chan struct{})
 	// Every prepull function's image, again after a reconnect: the worker
 	// may be new, restarted, or have missed the deploy.
 	for _, fn := range cp.functions {

@@ -446,3 +446,20 @@ func (rt *router) markWaiting() {
 		}
 	})
 }
+
+// workerIDs lists the workers that the table routes to, each once: a new
+// control-plane leader waits for them to reconnect before it sends this
+// data plane a snapshot (see DataPlaneHello.workers).
+func (rt *router) workerIDs() []string {
+	seen := map[string]struct{}{}
+	var ids []string
+	rt.table.each(func(fn *function) {
+		for _, ep := range fn.state.Load().eps {
+			if _, ok := seen[ep.worker]; !ok && ep.worker != "" {
+				seen[ep.worker] = struct{}{}
+				ids = append(ids, ep.worker)
+			}
+		}
+	})
+	return ids
+}

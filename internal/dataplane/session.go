@@ -92,6 +92,7 @@ func (d *DataPlane) session(ctx context.Context, addr string) (established bool,
 		DataPlaneId: d.cfg.ID,
 		Address:     d.cfg.Advertise,
 		LastEpoch:   d.rt.epoch.Load(),
+		Workers:     d.rt.workerIDs(),
 	}}}
 	if err := stream.Send(hello); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)

@@ -2282,10 +2282,15 @@ func (x *RouteAck) GetVersion() uint64 {
 }
 
 type DataPlaneHello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DataPlaneId   string                 `protobuf:"bytes,1,opt,name=data_plane_id,json=dataPlaneId,proto3" json:"data_plane_id,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"` // host:port clients use
-	LastEpoch     uint64                 `protobuf:"varint,3,opt,name=last_epoch,json=lastEpoch,proto3" json:"last_epoch,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DataPlaneId string                 `protobuf:"bytes,1,opt,name=data_plane_id,json=dataPlaneId,proto3" json:"data_plane_id,omitempty"`
+	Address     string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"` // host:port clients use
+	LastEpoch   uint64                 `protobuf:"varint,3,opt,name=last_epoch,json=lastEpoch,proto3" json:"last_epoch,omitempty"`
+	// workers lists the workers the data plane's table routes to. A control
+	// plane that has just become leader sends the first snapshot as soon as
+	// all of them have reconnected (or its rebuild grace ends), so that the
+	// snapshot drops none of their sandboxes.
+	Workers       []string `protobuf:"bytes,4,rep,name=workers,proto3" json:"workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2339,6 +2344,13 @@ func (x *DataPlaneHello) GetLastEpoch() uint64 {
 		return x.LastEpoch
 	}
 	return 0
+}
+
+func (x *DataPlaneHello) GetWorkers() []string {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
 }
 
 // LoadReport is sent every report interval with the functions whose load was
@@ -2965,12 +2977,13 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\x03msg\":\n" +
 	"\bRouteAck\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion\"m\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\x87\x01\n" +
 	"\x0eDataPlaneHello\x12\"\n" +
 	"\rdata_plane_id\x18\x01 \x01(\tR\vdataPlaneId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
 	"\n" +
-	"last_epoch\x18\x03 \x01(\x04R\tlastEpoch\"\x86\x01\n" +
+	"last_epoch\x18\x03 \x01(\x04R\tlastEpoch\x12\x18\n" +
+	"\aworkers\x18\x04 \x03(\tR\aworkers\"\x86\x01\n" +
 	"\n" +
 	"LoadReport\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1f\n" +
