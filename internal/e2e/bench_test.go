@@ -7,6 +7,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -42,6 +43,7 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 		inFlight = v
 	}
 	lat := make([]time.Duration, b.N)
+	timings := make([]string, b.N) // Server-Timing of each answer
 	var next atomic.Int64
 	var failed atomic.Int64
 	var wg sync.WaitGroup
@@ -73,6 +75,8 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 				lat[i] = time.Since(t0)
 				if err != nil || resp.StatusCode != 200 || resp.Header.Get("X-Baton-Cold-Start") != "true" {
 					failed.Add(1)
+				} else {
+					timings[i] = resp.Header.Get("Server-Timing")
 				}
 				if resp != nil {
 					resp.Body.Close()
@@ -86,7 +90,34 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 	if f := failed.Load(); f > 0 {
 		b.Fatalf("%d of %d cold starts failed or were not cold", f, b.N)
 	}
+	reportStages(b, lat, timings)
 	reportLatencies(b, lat, elapsed)
+}
+
+// reportStages reports where a cold start's time went, from the data
+// plane's Server-Timing (queue;dur=, create;dur=, proxy;dur=): the medians
+// of the orchestration (queued but not creating: scale request, placement,
+// messages, route update), of the proxy (data plane to the function and
+// back) and of what the data plane did not time (the client, its
+// connection, reading and writing the request).
+func reportStages(b *testing.B, lat []time.Duration, timings []string) {
+	var orch, proxy, outside []float64
+	for i, st := range timings {
+		d := map[string]float64{}
+		for part := range strings.SplitSeq(st, ",") {
+			name, dur, ok := strings.Cut(strings.TrimSpace(part), ";dur=")
+			if v, err := strconv.ParseFloat(dur, 64); ok && err == nil {
+				d[name] = v
+			}
+		}
+		orch = append(orch, d["queue"]-d["create"])
+		proxy = append(proxy, d["proxy"])
+		outside = append(outside, float64(lat[i].Microseconds())/1000-d["queue"]-d["proxy"])
+	}
+	med := func(x []float64) float64 { slices.Sort(x); return x[len(x)/2] }
+	b.ReportMetric(med(orch), "orch-p50-ms")
+	b.ReportMetric(med(proxy), "proxy-p50-ms")
+	b.ReportMetric(med(outside), "outside-p50-ms")
 }
 
 // BenchmarkColdStartProcess: sequential cold starts on the process runtime
