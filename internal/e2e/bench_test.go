@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"runtime/pprof"
@@ -79,6 +80,9 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 					timings[i] = resp.Header.Get("Server-Timing")
 				}
 				if resp != nil {
+					// Read to the end, or the client closes the
+					// connection and dials a new one for the next request.
+					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 				}
 			}
