@@ -82,9 +82,10 @@ type Runtime interface {
 // worker ignores prepull requests for them.
 type Prepuller interface {
 	// Prepull fetches and unpacks image, so that a later Create of it does
-	// not wait for a pull. It is idempotent: an image the runtime has
-	// returns at once, and one being pulled (for a Create, or another
-	// Prepull) is pulled once. The error wraps ErrInvalid when retrying
+	// not wait for a pull. It is idempotent: an image the runtime has is
+	// not downloaded again (a tag is only looked up, to see whether it moved),
+	// and one being pulled (for a Create, or another Prepull) is pulled
+	// once. The error wraps ErrInvalid when retrying
 	// cannot help (a malformed or unknown reference, refused credentials).
 	Prepull(ctx context.Context, image string) error
 }

@@ -2057,8 +2057,9 @@ func (x *DeleteSandbox) GetSandboxId() string {
 
 // PrepullImage asks a worker to fetch and unpack a function's image now, so
 // that its first cold start there does not wait for the pull. Idempotent: an
-// image the worker has, or is pulling, is not pulled again. The worker answers
-// with an ImageEvent.
+// image the worker has, or is pulling, is not downloaded again (a tag is looked
+// up in the registry, in case it was re-pushed). The worker answers with an
+// ImageEvent.
 type PrepullImage struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Function      string                 `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`

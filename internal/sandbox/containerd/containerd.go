@@ -432,7 +432,7 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		}
 	}()
 
-	img, err := r.images.get(ctx, spec.Image)
+	img, err := r.images.get(ctx, r.log, spec.Image, use{function: spec.Function, generation: spec.Generation})
 	if err != nil {
 		return sandbox.Sandbox{}, err
 	}

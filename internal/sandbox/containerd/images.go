@@ -6,15 +6,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	containerd "github.com/containerd/containerd"
 	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/remotes"
 	"github.com/containerd/containerd/remotes/docker"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/image-spec/identity"
@@ -23,8 +26,8 @@ import (
 	"github.com/batonfaas/baton/internal/sandbox"
 )
 
-// resolvedImage is what a creation needs of an image, resolved once per reference
-// and runtime: its name in containerd, the chain id of its unpacked layers
+// resolvedImage is what a creation needs of an image, as images.get
+// resolved it: its name in containerd, the chain id of its unpacked layers
 // (the parent of each sandbox's snapshot) and its config.
 type resolvedImage struct {
 	name    string // normalized reference, as containerd stores it
@@ -32,18 +35,67 @@ type resolvedImage struct {
 	config  ocispec.ImageConfig
 }
 
-// imageEntry is one reference's resolution, shared by concurrent Creates.
+// imageEntry is one resolution of a reference, shared by concurrent Creates.
 type imageEntry struct {
 	done chan struct{}
 	img  *resolvedImage
 	err  error
 }
 
-// images resolves and caches images: on first use of a reference it looks
-// for it in containerd, pulls it if missing (once, however many Creates
-// want it), unpacks it into the snapshotter, and keeps what creations need
-// in memory. Failures are not cached: the next Create tries again (the
-// control plane backs off).
+func (e *imageEntry) resolved() bool {
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (e *imageEntry) wait(ctx context.Context) (*resolvedImage, error) {
+	select {
+	case <-e.done:
+		return e.img, e.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// use is who wants an image, which decides whether a tag is looked up in
+// the registry again (see images.get).
+type use struct {
+	function   string
+	generation uint64
+	prepull    bool // a Prepull (sent on deploy, and to a worker that connects): look the tag up
+}
+
+// recentGenerations is how many generations of a function images.get
+// remembers per reference: a generation among them is not new. More than
+// one, so that Creates of an old and a new generation interleaving during
+// a rollout do not look the tag up in turn; a function deleted and
+// deployed again starts at generation 1, which is new again.
+const recentGenerations = 4
+
+// lookupTimeout bounds the registry lookup that refreshes a tag: past it,
+// the image containerd has is used (a cold start waits for no more).
+const lookupTimeout = 10 * time.Second
+
+// images resolves and caches images. The pull policy:
+//
+//   - A reference pinned by digest (name@sha256:...) is immutable: it is
+//     looked for in containerd, pulled if missing, and never asked of the
+//     registry again.
+//   - A tag is looked up in the registry (one manifest HEAD) on the first
+//     use in this runtime of each generation of each function that uses it,
+//     and by every Prepull (sent on deploy), and pulled only if it
+//     names another image than containerd has. Creates in between use the
+//     cached resolution and reach no registry.
+//   - If the lookup fails (registry unreachable, or refusing), the image
+//     containerd has is used, with a warning; without one, it is an error.
+//
+// A resolution is shared by the Creates that want the image while it runs
+// (one in flight counts as the refresh a new generation asks for), and
+// outlives them: its pull is not cut short. Failures are not cached: the
+// next Create tries again (the control plane backs off).
 type images struct {
 	ctx         context.Context // the runtime's: Close cancels pulls
 	wg          *sync.WaitGroup // the runtime's
@@ -54,28 +106,29 @@ type images struct {
 	pullTimeout time.Duration
 
 	mu      sync.Mutex
-	entries map[string]*imageEntry
+	entries map[string]*imageEntry // by normalized reference: the newest resolution
+	seen    map[seenKey][]uint64   // the recent generations of a function that used a tag, oldest first
 }
 
-// get returns the image for ref, pulling it if need be. Errors wrap
-// sandbox.ErrInvalid when retrying cannot help (a malformed or unknown
-// reference, refused credentials) and sandbox.ErrNotReady otherwise.
-func (is *images) get(ctx context.Context, ref string) (*resolvedImage, error) {
+type seenKey struct{ name, function string }
+
+// get returns the image for ref, pulling it if need be, under the pull
+// policy above; log takes the warnings. Errors wrap sandbox.ErrInvalid when
+// retrying cannot help (a malformed or unknown reference, refused
+// credentials) and sandbox.ErrNotReady otherwise.
+func (is *images) get(ctx context.Context, log *slog.Logger, ref string, u use) (*resolvedImage, error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
 		return nil, fmt.Errorf("%w: image reference %q: %v", sandbox.ErrInvalid, ref, err)
 	}
 	name := named.String()
+	_, pinned := named.(reference.Digested)
 	is.mu.Lock()
+	refresh := !pinned && (u.prepull || is.firstUse(name, u.function, u.generation))
 	e := is.entries[name]
-	if e != nil { // resolved, or being resolved: share the outcome
+	if e != nil && (!refresh || !e.resolved()) { // current, or being resolved: share the outcome
 		is.mu.Unlock()
-		select {
-		case <-e.done:
-			return e.img, e.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+		return e.wait(ctx)
 	}
 	e = &imageEntry{done: make(chan struct{})}
 	is.entries[name] = e
@@ -87,7 +140,7 @@ func (is *images) get(ctx context.Context, ref string) (*resolvedImage, error) {
 	go func() {
 		defer is.wg.Done()
 		defer cancel()
-		e.img, e.err = is.resolve(rctx, name)
+		e.img, e.err = is.resolve(rctx, log, name, pinned)
 		if e.err != nil {
 			is.mu.Lock()
 			if is.entries[name] == e {
@@ -97,25 +150,58 @@ func (is *images) get(ctx context.Context, ref string) (*resolvedImage, error) {
 		}
 		close(e.done)
 	}()
-	select {
-	case <-e.done:
-		return e.img, e.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return e.wait(ctx)
 }
 
-func (is *images) resolve(ctx context.Context, name string) (*resolvedImage, error) {
+// firstUse records that generation of function uses the tag name, and
+// says whether it had not yet (among its recentGenerations). is.mu held.
+func (is *images) firstUse(name, function string, generation uint64) bool {
+	if is.seen == nil {
+		is.seen = map[seenKey][]uint64{}
+	}
+	k := seenKey{name, function}
+	gens := is.seen[k]
+	if slices.Contains(gens, generation) {
+		return false
+	}
+	if len(gens) == recentGenerations {
+		gens = slices.Delete(gens, 0, 1)
+	}
+	is.seen[k] = append(gens, generation)
+	return true
+}
+
+// resolve finds name's image in containerd, or pulls it, and unpacks it. A
+// tag (not pinned) is looked up in the registry first and pulled again if
+// it now names another image than containerd has; when the lookup fails,
+// the image containerd has is used.
+func (is *images) resolve(ctx context.Context, log *slog.Logger, name string, pinned bool) (*resolvedImage, error) {
 	img, err := is.client.GetImage(ctx, name)
-	switch {
-	case errdefs.IsNotFound(err):
-		img, err = is.pull(ctx, name)
-		if err != nil {
+	have := err == nil
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("%w: look up image %s in containerd: %v", sandbox.ErrNotReady, name, err)
+	}
+	pull := !have
+	if !pinned {
+		desc, err := is.lookup(ctx, name)
+		switch {
+		case err == nil:
+			pull = !have || img.Target().Digest != desc.Digest
+			if have && pull {
+				log.Info("image tag moved: pulling it", "image", name, "had", img.Target().Digest, "now", desc.Digest)
+			}
+		case !have || ctx.Err() != nil:
+			return nil, pullError(name, err)
+		default:
+			log.Warn("cannot look the image tag up in its registry: using the image containerd has",
+				"image", name, "digest", img.Target().Digest, "err", err)
+		}
+	}
+	if pull {
+		if img, err = is.pull(ctx, name); err != nil {
 			return nil, err
 		}
-	case err != nil:
-		return nil, fmt.Errorf("%w: look up image %s in containerd: %v", sandbox.ErrNotReady, name, err)
-	default:
+	} else {
 		unpacked, err := img.IsUnpacked(ctx, is.snapshotter)
 		if err == nil && !unpacked {
 			err = img.Unpack(ctx, is.snapshotter)
@@ -138,23 +224,41 @@ func (is *images) resolve(ctx context.Context, name string) (*resolvedImage, err
 	return &resolvedImage{name: name, chainID: identity.ChainID(diffIDs).String(), config: spec.Config}, nil
 }
 
+// lookup asks the registry which manifest the tag name names now: a HEAD
+// request (after a token fetch, where the registry wants one), no download.
+func (is *images) lookup(ctx context.Context, name string) (ocispec.Descriptor, error) {
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	_, desc, err := is.resolver().Resolve(ctx, name)
+	return desc, err
+}
+
 func (is *images) pull(ctx context.Context, name string) (containerd.Image, error) {
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(
+	img, err := is.client.Pull(ctx, name, containerd.WithResolver(is.resolver()), containerd.WithPullUnpack,
+		containerd.WithPullSnapshotter(is.snapshotter))
+	if err != nil {
+		return nil, pullError(name, err)
+	}
+	return img, nil
+}
+
+func (is *images) resolver() remotes.Resolver {
+	return docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(
 		docker.WithPlainHTTP(func(host string) (bool, error) { return is.plainHTTP(host), nil }),
 		docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(is.creds.lookup))),
 	)})
-	img, err := is.client.Pull(ctx, name, containerd.WithResolver(resolver), containerd.WithPullUnpack,
-		containerd.WithPullSnapshotter(is.snapshotter))
-	if err != nil {
-		class := sandbox.ErrNotReady
-		msg := err.Error()
-		if errdefs.IsNotFound(err) || strings.Contains(msg, "401 Unauthorized") || strings.Contains(msg, "403 Forbidden") ||
-			strings.Contains(msg, "authorization failed") || strings.Contains(msg, "no match for platform") {
-			class = sandbox.ErrInvalid
-		}
-		return nil, fmt.Errorf("%w: pull image %s: %v", class, name, err)
+}
+
+// pullError classifies a failure to look up or pull name: ErrInvalid when
+// retrying cannot help, ErrNotReady otherwise.
+func pullError(name string, err error) error {
+	class := sandbox.ErrNotReady
+	msg := err.Error()
+	if errdefs.IsNotFound(err) || strings.Contains(msg, "401 Unauthorized") || strings.Contains(msg, "403 Forbidden") ||
+		strings.Contains(msg, "authorization failed") || strings.Contains(msg, "no match for platform") {
+		class = sandbox.ErrInvalid
 	}
-	return img, nil
+	return fmt.Errorf("%w: pull image %s: %v", class, name, err)
 }
 
 // plainHTTP says whether host (host[:port]) is reached over plain HTTP:

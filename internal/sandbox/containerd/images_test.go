@@ -54,3 +54,36 @@ func TestPlainHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestImageRefreshTrigger: a tag is looked up again on the first use of each
+// generation of each function, and not by the uses in between.
+func TestImageRefreshTrigger(t *testing.T) {
+	is := &images{}
+	const a, b = "reg.example/a:latest", "reg.example/b:latest"
+	for i, tc := range []struct {
+		name, function string
+		generation     uint64
+		want           bool
+	}{
+		{a, "f", 1, true},  // first use
+		{a, "f", 1, false}, // a second sandbox of it
+		{a, "f", 2, true},  // deployed again
+		{a, "f", 1, false}, // rollout: an old sandbox interleaves
+		{a, "f", 2, false},
+		{a, "g", 2, true}, // another function's deploy of the same tag
+		{b, "f", 2, true}, // another tag
+		{a, "f", 3, true},
+		{a, "f", 4, true},
+		{a, "f", 5, true}, // forgets generation 1 (recentGenerations)
+		{a, "f", 2, false},
+		{a, "f", 1, true}, // deleted and deployed again: generations restart
+		{a, "f", 1, false},
+	} {
+		if got := is.firstUse(tc.name, tc.function, tc.generation); got != tc.want {
+			t.Errorf("%d: firstUse(%s, %s, %d) = %v, want %v", i, tc.name, tc.function, tc.generation, got, tc.want)
+		}
+	}
+	if n := len(is.seen[seenKey{a, "f"}]); n != recentGenerations {
+		t.Errorf("remembers %d generations of a function, want %d", n, recentGenerations)
+	}
+}

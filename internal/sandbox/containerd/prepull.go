@@ -13,9 +13,11 @@ import (
 var _ sandbox.Prepuller = (*Runtime)(nil)
 
 // Prepull makes image ready for Create ahead of the first one: through the
-// same cache as Create (images.get) it looks the image up in containerd,
-// pulls it if missing and unpacks it for the snapshotter. A Create of the
-// image afterwards, or during the pull, waits for no other pull.
+// same cache as Create (images.get) it looks a tag up in the registry (a
+// deploy may follow a re-push; a digest is never looked up again), pulls
+// the image if containerd lacks that digest and unpacks it for the
+// snapshotter. A Create of the image afterwards, or during the pull, waits
+// for no other pull.
 //
 // The pull outlives ctx (a Create may be waiting for it too) but not the
 // runtime: Close cancels it and waits for it.
@@ -32,7 +34,7 @@ func (r *Runtime) Prepull(ctx context.Context, image string) error {
 	defer r.wg.Done()
 
 	start := time.Now()
-	img, err := r.images.get(namespaces.WithNamespace(ctx, r.cfg.Namespace), image)
+	img, err := r.images.get(namespaces.WithNamespace(ctx, r.cfg.Namespace), r.log, image, use{prepull: true})
 	if err != nil {
 		return fmt.Errorf("prepull %s: %w", image, err)
 	}
