@@ -12,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
@@ -365,57 +364,13 @@ func findDataPlane(cp string) string {
 }
 
 // dialCP connects to the control plane at addrs (one address or a
-// comma-separated list of replicas) and returns a client for the replica
-// that answers first as the leader, with a function closing it. Long
-// running commands (baton load) use it; one-shot ones use cpCall.
+// comma-separated list of replicas) and returns a client whose calls go to
+// the leader, across fail-overs, with a function closing it. Long running
+// commands (baton load) use it; one-shot ones use cpCall.
 func dialCP(addrs string) (pb.ControlPlaneClient, func(), error) {
 	c, err := cpclient.Dial(addrs)
 	if err != nil {
 		return nil, nil, err
 	}
-	return leaderClient{c}, c.Close, nil
-}
-
-// leaderClient sends every unary call through cpclient.Do, so it follows the
-// leader across a fail-over.
-type leaderClient struct{ c *cpclient.Client }
-
-func (l leaderClient) DeployFunction(ctx context.Context, in *pb.DeployFunctionRequest, opts ...grpc.CallOption) (*pb.DeployFunctionResponse, error) {
-	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.DeployFunctionResponse, error) {
-		return c.DeployFunction(ctx, in, opts...)
-	})
-}
-
-func (l leaderClient) GetFunction(ctx context.Context, in *pb.GetFunctionRequest, opts ...grpc.CallOption) (*pb.Function, error) {
-	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.Function, error) {
-		return c.GetFunction(ctx, in, opts...)
-	})
-}
-
-func (l leaderClient) ListFunctions(ctx context.Context, in *pb.ListFunctionsRequest, opts ...grpc.CallOption) (*pb.ListFunctionsResponse, error) {
-	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.ListFunctionsResponse, error) {
-		return c.ListFunctions(ctx, in, opts...)
-	})
-}
-
-func (l leaderClient) DeleteFunction(ctx context.Context, in *pb.DeleteFunctionRequest, opts ...grpc.CallOption) (*pb.DeleteFunctionResponse, error) {
-	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.DeleteFunctionResponse, error) {
-		return c.DeleteFunction(ctx, in, opts...)
-	})
-}
-
-func (l leaderClient) GetStatus(ctx context.Context, in *pb.GetStatusRequest, opts ...grpc.CallOption) (*pb.ClusterStatus, error) {
-	return cpclient.Do(ctx, l.c, func(ctx context.Context, c pb.ControlPlaneClient) (*pb.ClusterStatus, error) {
-		return c.GetStatus(ctx, in, opts...)
-	})
-}
-
-func (l leaderClient) WorkerSession(ctx context.Context, opts ...grpc.CallOption) (pb.ControlPlane_WorkerSessionClient, error) {
-	c, _ := l.c.Current()
-	return c.WorkerSession(ctx, opts...)
-}
-
-func (l leaderClient) DataPlaneSession(ctx context.Context, opts ...grpc.CallOption) (pb.ControlPlane_DataPlaneSessionClient, error) {
-	c, _ := l.c.Current()
-	return c.DataPlaneSession(ctx, opts...)
+	return pb.NewControlPlaneClient(c), c.Close, nil
 }

@@ -111,26 +111,52 @@ func Retryable(err error) bool {
 // going round the list at most a few times (a fail-over in progress is
 // given time to finish) and never past ctx.
 func Do[T any](ctx context.Context, c *Client, call func(context.Context, pb.ControlPlaneClient) (T, error)) (T, error) {
-	cl, i := c.Current()
-	var (
-		out T
-		err error
-	)
+	var out T
+	err := c.do(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var err error
+		out, err = call(ctx, pb.NewControlPlaneClient(conn))
+		return err
+	})
+	return out, err
+}
+
+// Invoke makes Client a grpc.ClientConnInterface whose unary calls go to
+// the leader as Do's do: pb.NewControlPlaneClient(c) follows fail-overs.
+func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return c.do(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return conn.Invoke(ctx, method, args, reply, opts...)
+	})
+}
+
+// NewStream opens a stream on the replica that answered last; a stream is
+// not moved, so its owner reopens it (on Next) when it breaks.
+func (c *Client) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	c.mu.Lock()
+	conn := c.conns[c.current]
+	c.mu.Unlock()
+	return conn.NewStream(ctx, desc, method, opts...)
+}
+
+func (c *Client) do(ctx context.Context, call func(context.Context, *grpc.ClientConn) error) error {
+	c.mu.Lock()
+	i := c.current
+	c.mu.Unlock()
+	var err error
 	for try := 0; try < 4*len(c.conns)+2; try++ {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		out, err = call(actx, cl)
+		err = call(actx, c.conns[i])
 		cancel()
 		if err == nil || !Retryable(err) || ctx.Err() != nil {
-			return out, err
+			return err
 		}
-		cl, i, _ = c.Next(i)
+		_, i, _ = c.Next(i)
 		if (try+1)%len(c.conns) == 0 {
 			select { // round the list once: give an election time
 			case <-ctx.Done():
-				return out, err
+				return err
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
 	}
-	return out, err
+	return err
 }
