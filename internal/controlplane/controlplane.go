@@ -109,6 +109,7 @@ type ControlPlane struct {
 	dataPlanes  map[string]*dataPlaneSession
 	draining    map[string]time.Time // sandbox id -> delete at
 	downWorkers map[string]struct{}  // declared down since they last connected
+	prepulls    map[string]*function // the functions deployed with prepull, by name
 	joined      chan struct{}        // closed (and replaced) when a worker session opens
 	nodes       []placement.Node     // scratch for placement
 	nodeWorkers []*worker
@@ -135,6 +136,7 @@ func New(cfg Config) (*ControlPlane, error) {
 		dataPlanes:  make(map[string]*dataPlaneSession),
 		draining:    make(map[string]time.Time),
 		downWorkers: make(map[string]struct{}),
+		prepulls:    make(map[string]*function),
 		joined:      make(chan struct{}),
 		ctx:         context.Background(),
 	}

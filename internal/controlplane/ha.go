@@ -165,6 +165,7 @@ func (cp *ControlPlane) resetSoftState() {
 	cp.dataPlanes = make(map[string]*dataPlaneSession)
 	cp.draining = make(map[string]time.Time)
 	cp.downWorkers = make(map[string]struct{})
+	cp.prepulls = make(map[string]*function)
 }
 
 // rebuilding reports whether this replica became the leader less than the

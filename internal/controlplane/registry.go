@@ -168,7 +168,9 @@ func (cp *ControlPlane) loadFunctions(ctx context.Context) error {
 		if err := proto.Unmarshal(value, &f); err != nil {
 			return fmt.Errorf("decode function %q: %w", key, err)
 		}
-		cp.functions[key] = newFunction(&f, cp.cfg.Now())
+		fn := newFunction(&f, cp.cfg.Now())
+		cp.functions[key] = fn
+		cp.notePrepull(fn)
 		return nil
 	})
 }
@@ -213,6 +215,7 @@ func (cp *ControlPlane) deploy(ctx context.Context, spec *pb.FunctionSpec) (*pb.
 		cp.functions[s.Name] = fn
 		cp.reconcile(fn)
 	}
+	cp.notePrepull(fn)
 	if s.Prepull {
 		for _, w := range cp.workers {
 			cp.sendPrepull(w, fn)
@@ -256,6 +259,7 @@ func (cp *ControlPlane) deleteFunction(ctx context.Context, name string) error {
 	cp.mu.Lock()
 	fn := cp.functions[name]
 	delete(cp.functions, name)
+	delete(cp.prepulls, name)
 	for _, sb := range fn.sandboxes {
 		cp.stopSandbox(sb)
 	}

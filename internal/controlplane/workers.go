@@ -163,13 +163,21 @@ func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
 	cp.joined = make(chan struct{})
 	// Every prepull function's image, again after a reconnect: the worker
 	// may be new, restarted, or have missed the deploy.
-	for _, fn := range cp.functions {
-		if fn.def.Spec.Prepull {
-			delete(fn.prepullFailed, w.id) // this attempt's outcome replaces it
-			cp.sendPrepull(w, fn)
-		}
+	for _, fn := range cp.prepulls {
+		delete(fn.prepullFailed, w.id) // this attempt's outcome replaces it
+		cp.sendPrepull(w, fn)
 	}
 	return sess
+}
+
+// notePrepull keeps cp.prepulls in step with fn's spec, so that a worker's
+// hello or death visits the prepull functions, not all of them. cp.mu held.
+func (cp *ControlPlane) notePrepull(fn *function) {
+	if fn.def.Spec.Prepull {
+		cp.prepulls[fn.name()] = fn
+	} else {
+		delete(cp.prepulls, fn.name())
+	}
 }
 
 // sendPrepull asks w, if connected, to fetch fn's image now. It never
@@ -316,7 +324,7 @@ func (cp *ControlPlane) checkHeartbeats(now time.Time) {
 		}
 		cp.log.Warn("worker down: missed heartbeats", "worker", w.id, "silent_for", now.Sub(w.lastBeat).Round(time.Millisecond),
 			"sandboxes", len(w.sandboxes))
-		for _, fn := range cp.functions {
+		for _, fn := range cp.prepulls {
 			delete(fn.prepullFailed, w.id) // it runs nothing now; asked again when it returns
 		}
 		affected := map[string]*function{}
