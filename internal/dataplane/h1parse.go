@@ -389,12 +389,7 @@ func (r *request) parse() *protoError {
 		return errConnect
 	}
 	r.isHead = string(r.method) == "HEAD"
-	switch string(r.method) {
-	case "GET", "HEAD", "OPTIONS", "TRACE":
-		r.idempotent = true
-	default:
-		r.idempotent = false
-	}
+	r.idempotent = safeMethod(string(r.method))
 
 	// Fields.
 	r.contentLength, r.chunked, r.close, r.expect100, r.connValue = -1, false, r.minor == 0, false, false

@@ -359,14 +359,10 @@ func rawRest(raw string) string {
 	return "/"
 }
 
-// isIdempotent says whether r may be sent twice (RFC 9110 §9.2.2): a safe
-// method, or a client's idempotency key.
+// isIdempotent says whether r may be sent twice: a safe method, or a
+// client's idempotency key (the rule the HTTP/1.1 parser applies too).
 func isIdempotent(r *http.Request) bool {
-	switch r.Method {
-	case "GET", "HEAD", "OPTIONS", "TRACE":
-		return true
-	}
-	return r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
+	return safeMethod(r.Method) || r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
 }
 
 // Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded either way.

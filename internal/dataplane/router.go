@@ -164,6 +164,18 @@ func mayResend(policy controlplanev1.RetryPolicy, idempotent bool) bool {
 	return idempotent
 }
 
+// safeMethod says whether a request with method m may be sent twice by
+// itself (RFC 9110 §9.2.2; PUT and DELETE are idempotent too, but a
+// function may not implement them so). An Idempotency-Key header makes any
+// request so; both engines apply that.
+func safeMethod(m string) bool {
+	switch m {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	return false
+}
+
 // reroute moves c off its endpoint, which was found dead, and takes a slot
 // on another, waiting for one (bounded by ctx) like a new request: the
 // control plane replaces the sandbox if none is left. ep is taken out of

@@ -199,17 +199,8 @@ func (u *upstreams) reap(now int64) {
 
 // drop closes the idle connections to addr: its sandbox died.
 func (u *upstreams) drop(addr string) {
-	v, ok := u.pools.Load(addr)
-	if !ok {
-		return
-	}
-	p := v.(*upPool)
-	p.mu.Lock()
-	idle := p.idle
-	p.idle = nil
-	p.mu.Unlock()
-	for _, uc := range idle {
-		uc.c.Close()
+	if v, ok := u.pools.Load(addr); ok {
+		v.(*upPool).closeIdle(false)
 	}
 }
 
@@ -217,16 +208,21 @@ func (u *upstreams) drop(addr string) {
 // they come back.
 func (u *upstreams) closeIdle() {
 	u.pools.Range(func(k, v any) bool {
-		p := v.(*upPool)
-		p.mu.Lock()
-		p.dead = true
-		idle := p.idle
-		p.idle = nil
-		p.mu.Unlock()
-		for _, uc := range idle {
-			uc.c.Close()
-		}
-		u.pools.CompareAndDelete(k, p)
+		v.(*upPool).closeIdle(true)
+		u.pools.CompareAndDelete(k, v)
 		return true
 	})
+}
+
+// closeIdle closes p's idle connections; retire also closes those in use
+// when they come back (p is being dropped from the map).
+func (p *upPool) closeIdle(retire bool) {
+	p.mu.Lock()
+	p.dead = p.dead || retire
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, uc := range idle {
+		uc.c.Close()
+	}
 }
