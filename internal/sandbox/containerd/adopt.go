@@ -33,8 +33,8 @@ func (r *Runtime) recover(ctx context.Context) error {
 		b, reason := r.adopt(ctx, c)
 		if b == nil {
 			r.log.Info("removing a sandbox left by an earlier run", "sandbox", c.ID, "reason", reason)
-			rb := &box{sb: sandbox.Sandbox{ID: c.Labels[labelSandbox]}, cid: c.ID, haveTask: true, haveContainer: true,
-				haveSnapshot: c.SnapshotKey == c.ID, exited: make(chan struct{}), gone: make(chan struct{})}
+			rb := &box{Life: sandbox.Life{Sandbox: sandbox.Sandbox{ID: c.Labels[labelSandbox]}, Gone: make(chan struct{})},
+				cid: c.ID, haveTask: true, haveContainer: true, haveSnapshot: c.SnapshotKey == c.ID, exited: make(chan struct{})}
 			if err := r.remove(ctx, rb); err != nil {
 				r.log.Warn("remove a sandbox left by an earlier run", "sandbox", c.ID, "err", err)
 			}
@@ -42,7 +42,7 @@ func (r *Runtime) recover(ctx context.Context) error {
 		}
 		keepSnapshots[c.SnapshotKey] = true
 		keepLogs[filepath.Base(b.logPath)] = true
-		r.log.Info("adopted a running sandbox", "sandbox", b.sb.ID, "function", b.sb.Function, "address", b.sb.Address)
+		r.log.Info("adopted a running sandbox", "sandbox", b.Sandbox.ID, "function", b.Sandbox.Function, "address", b.Sandbox.Address)
 	}
 	// Snapshots of ours that no container holds (a crash between preparing
 	// one and making its container).
@@ -80,20 +80,20 @@ func (r *Runtime) adopt(ctx context.Context, c containers.Container) (*box, stri
 	cpu, _ := strconv.ParseInt(l[labelCPU], 10, 64)
 	mem, _ := strconv.ParseInt(l[labelMemory], 10, 64)
 	b := &box{
-		sb: sandbox.Sandbox{ID: l[labelSandbox], Function: l[labelFunction], Generation: gen, Address: l[labelAddress],
-			CPUMillicores: cpu, MemoryMiB: mem, Started: c.CreatedAt},
+		Life: sandbox.Life{
+			Sandbox: sandbox.Sandbox{ID: l[labelSandbox], Function: l[labelFunction], Generation: gen, Address: l[labelAddress],
+				CPUMillicores: cpu, MemoryMiB: mem, Started: c.CreatedAt},
+			Stage: sandbox.Running, Created: make(chan struct{}), Gone: make(chan struct{}),
+		},
 		cid:           c.ID,
 		logPath:       filepath.Join(r.logDir, c.ID+".log"),
 		haveSnapshot:  c.SnapshotKey == c.ID,
 		haveContainer: true,
 		haveTask:      true,
-		state:         running,
-		created:       make(chan struct{}),
 		exited:        make(chan struct{}),
-		gone:          make(chan struct{}),
 	}
-	close(b.created)
-	if b.sb.ID == "" || containerID(b.sb.ID) != c.ID || b.sb.Address == "" {
+	close(b.Created)
+	if b.Sandbox.ID == "" || containerID(b.Sandbox.ID) != c.ID || b.Sandbox.Address == "" {
 		return nil, "its labels are incomplete"
 	}
 	resp, err := r.client.TaskService().Get(ctx, &tasks.GetRequest{ContainerID: c.ID})
@@ -104,7 +104,7 @@ func (r *Runtime) adopt(ctx context.Context, c containers.Container) (*box, stri
 		return nil, "task is " + strings.ToLower(st.String())
 	}
 	ip := net.ParseIP(l[labelIP])
-	if ip == nil || !strings.HasPrefix(b.sb.Address, ip.String()+":") {
+	if ip == nil || !strings.HasPrefix(b.Sandbox.Address, ip.String()+":") {
 		return nil, "its address labels disagree"
 	}
 	b.slot, err = r.pool.Adopt(l[labelNetns], ip)
@@ -113,7 +113,7 @@ func (r *Runtime) adopt(ctx context.Context, c containers.Container) (*box, stri
 	}
 	r.watch(b)
 	r.mu.Lock()
-	r.boxes[b.sb.ID] = b
+	r.boxes[b.Sandbox.ID] = b
 	r.mu.Unlock()
 	return b, ""
 }

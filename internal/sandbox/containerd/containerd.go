@@ -32,7 +32,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -162,18 +161,9 @@ type Runtime struct {
 
 var _ sandbox.Runtime = (*Runtime)(nil)
 
-// state is where a box is in its life; guarded by Runtime.mu.
-type state int
-
-const (
-	creating state = iota // Create is running; it cleans up on failure
-	running               // ready; Delete or the exit watcher may claim it
-	stopping              // claimed by Delete or the exit watcher, which release it
-)
-
 // box is one sandbox and what it holds.
 type box struct {
-	sb      sandbox.Sandbox
+	sandbox.Life
 	cid     string // its container's id (and its snapshot's key)
 	slot    *netpool.Slot
 	logPath string
@@ -183,12 +173,7 @@ type box struct {
 	watching                              bool          // the exit watcher runs
 	mounts                                []mount.Mount // the snapshot's, for the task
 
-	state  state              // guarded by Runtime.mu
-	cancel context.CancelFunc // cancels a Create in progress
-
-	created chan struct{} // closed when Create has finished, either way
-	exited  chan struct{} // closed when the task's exit is known
-	gone    chan struct{} // closed when everything is released
+	exited chan struct{} // closed when the task's exit is known
 
 	// Set before exited is closed: the exit status, or why it is unknown.
 	exitStatus uint32
@@ -400,19 +385,10 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	ctx, cancel := context.WithCancel(namespaces.WithNamespace(ctx, r.cfg.Namespace))
 	defer cancel()
 	b := &box{
-		sb: sandbox.Sandbox{
-			ID:            spec.ID,
-			Function:      spec.Function,
-			Generation:    spec.Generation,
-			CPUMillicores: spec.CPUMillicores,
-			MemoryMiB:     spec.MemoryMiB,
-		},
+		Life:    sandbox.NewLife(spec, cancel),
 		cid:     containerID(spec.ID),
 		logPath: filepath.Join(r.logDir, containerID(spec.ID)+".log"),
-		cancel:  cancel,
-		created: make(chan struct{}),
 		exited:  make(chan struct{}),
-		gone:    make(chan struct{}),
 	}
 	r.mu.Lock()
 	switch {
@@ -425,7 +401,7 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	}
 	r.boxes[spec.ID] = b
 	r.mu.Unlock()
-	defer close(b.created)
+	defer close(b.Created)
 	defer func() {
 		if err != nil {
 			r.abort(b)
@@ -440,7 +416,7 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if err != nil {
 		return sandbox.Sandbox{}, fmt.Errorf("network namespace: %w", err)
 	}
-	b.sb.Address = net.JoinHostPort(b.slot.IP.String(), strconv.Itoa(r.cfg.Port))
+	b.Sandbox.Address = net.JoinHostPort(b.slot.IP.String(), strconv.Itoa(r.cfg.Port))
 	ociSpec, err := r.ociSpec(ctx, spec, img, b)
 	if err != nil {
 		return sandbox.Sandbox{}, err
@@ -462,19 +438,19 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if err := r.waitReady(ctx, b); err != nil {
 		return sandbox.Sandbox{}, err
 	}
-	b.sb.Started = time.Now()
+	b.Sandbox.Started = time.Now()
 	r.mu.Lock()
 	select {
 	case <-b.exited: // between the answer and now; the watcher left it to us
 		r.mu.Unlock()
-		return sandbox.Sandbox{}, fmt.Errorf("%w: exited right after answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, r.exitReason(b))
+		return sandbox.Sandbox{}, fmt.Errorf("%w: exited right after answering on %s: %s", sandbox.ErrNotReady, b.Sandbox.Address, r.exitReason(b))
 	default:
 	}
-	b.state = running
+	b.Stage = sandbox.Running
 	r.mu.Unlock()
-	r.log.Debug("sandbox ready", "sandbox", spec.ID, "function", spec.Function, "address", b.sb.Address,
+	r.log.Debug("sandbox ready", "sandbox", spec.ID, "function", spec.Function, "address", b.Sandbox.Address,
 		"container_ms", ms(t1.Sub(t0)), "task_ms", ms(t2.Sub(t1)), "start_ms", ms(t3.Sub(t2)), "ready_ms", ms(time.Since(t3)))
-	return b.sb, nil
+	return b.Sandbox, nil
 }
 
 // taskError classifies a failure to create or start a task: a cancelled
@@ -499,12 +475,12 @@ func (r *Runtime) taskError(what string, err error, b *box) error {
 func (r *Runtime) labels(b *box) map[string]string {
 	l := map[string]string{
 		labelWorker:     r.cfg.WorkerID,
-		labelSandbox:    b.sb.ID,
-		labelFunction:   b.sb.Function,
-		labelGeneration: strconv.FormatUint(b.sb.Generation, 10),
-		labelAddress:    b.sb.Address,
-		labelCPU:        strconv.FormatInt(b.sb.CPUMillicores, 10),
-		labelMemory:     strconv.FormatInt(b.sb.MemoryMiB, 10),
+		labelSandbox:    b.Sandbox.ID,
+		labelFunction:   b.Sandbox.Function,
+		labelGeneration: strconv.FormatUint(b.Sandbox.Generation, 10),
+		labelAddress:    b.Sandbox.Address,
+		labelCPU:        strconv.FormatInt(b.Sandbox.CPUMillicores, 10),
+		labelMemory:     strconv.FormatInt(b.Sandbox.MemoryMiB, 10),
 		labelNetns:      b.slot.Path,
 		labelIP:         b.slot.IP.String(),
 	}
@@ -609,7 +585,7 @@ func (r *Runtime) watchExit(b *box) {
 			break
 		}
 		// containerd went away (a restart?): wait on the task again.
-		r.log.Warn("lost the wait on a task; waiting again", "sandbox", b.sb.ID, "err", err)
+		r.log.Warn("lost the wait on a task; waiting again", "sandbox", b.Sandbox.ID, "err", err)
 		select {
 		case <-r.ctx.Done():
 		case <-time.After(backoff):
@@ -618,20 +594,20 @@ func (r *Runtime) watchExit(b *box) {
 	}
 	close(b.exited)
 	r.mu.Lock()
-	crashed := b.state == running
+	crashed := b.Stage == sandbox.Running
 	if crashed {
-		b.state = stopping
+		b.Stage = sandbox.Stopping
 	}
 	r.mu.Unlock()
 	if !crashed {
 		return // Create or Delete owns the cleanup
 	}
 	reason := r.exitReason(b)
-	r.log.Warn("sandbox exited", "sandbox", b.sb.ID, "function", b.sb.Function, "reason", reason)
+	r.log.Warn("sandbox exited", "sandbox", b.Sandbox.ID, "function", b.Sandbox.Function, "reason", reason)
 	ctx, cancel := r.cleanupContext()
 	defer cancel()
 	r.release(ctx, b)
-	r.onExit(sandbox.Exit{ID: b.sb.ID, Reason: reason})
+	r.onExit(sandbox.Exit{ID: b.Sandbox.ID, Reason: reason})
 }
 
 // exitReason says how the (exited) task ended, with its last output.
@@ -669,18 +645,18 @@ func (r *Runtime) abort(b *box) {
 // and forgets the box.
 func (r *Runtime) release(ctx context.Context, b *box) {
 	if err := r.remove(ctx, b); err != nil {
-		r.log.Warn("sandbox left in containerd", "sandbox", b.sb.ID, "err", err)
+		r.log.Warn("sandbox left in containerd", "sandbox", b.Sandbox.ID, "err", err)
 	}
 	if b.slot != nil {
 		r.pool.Put(b.slot)
 	}
 	_ = os.Remove(b.logPath)
 	r.mu.Lock()
-	if r.boxes[b.sb.ID] == b {
-		delete(r.boxes, b.sb.ID)
+	if r.boxes[b.Sandbox.ID] == b {
+		delete(r.boxes, b.Sandbox.ID)
 	}
 	r.mu.Unlock()
-	close(b.gone)
+	close(b.Gone)
 }
 
 // remove deletes the box's task, container and snapshot from containerd,
@@ -722,36 +698,11 @@ func (r *Runtime) remove(ctx context.Context, b *box) error {
 // Delete kills the sandbox and frees everything it held. A Create in
 // progress for id is cancelled.
 func (r *Runtime) Delete(ctx context.Context, id string) error {
-	for {
-		r.mu.Lock()
-		b := r.boxes[id]
-		if b == nil {
-			r.mu.Unlock()
-			return nil
-		}
-		switch b.state {
-		case creating:
-			r.mu.Unlock()
-			b.cancel()
-			select {
-			case <-b.created:
-				continue // gone, or running: look again
-			case <-ctx.Done():
-				return fmt.Errorf("delete sandbox %s: %w", id, ctx.Err())
-			}
-		case stopping:
-			r.mu.Unlock()
-			select {
-			case <-b.gone:
-				return nil
-			case <-ctx.Done():
-				return fmt.Errorf("delete sandbox %s: %w", id, ctx.Err())
-			}
-		}
-		b.state = stopping
-		r.mu.Unlock()
-		return r.stop(ctx, b)
+	b, ok, err := sandbox.Claim(ctx, &r.mu, r.boxes, id)
+	if !ok {
+		return err
 	}
+	return r.stop(ctx, b)
 }
 
 // stop releases a claimed running box. If ctx ends first, the release goes
@@ -768,10 +719,10 @@ func (r *Runtime) stop(ctx context.Context, b *box) error {
 	}()
 	select {
 	case <-done:
-		r.log.Debug("sandbox deleted", "sandbox", b.sb.ID)
+		r.log.Debug("sandbox deleted", "sandbox", b.Sandbox.ID)
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("delete sandbox %s: %w", b.sb.ID, ctx.Err())
+		return fmt.Errorf("delete sandbox %s: %w", b.Sandbox.ID, ctx.Err())
 	}
 }
 
@@ -780,16 +731,7 @@ func (r *Runtime) Network() netpool.Stats { return r.pool.Stats() }
 
 // List returns the running sandboxes (adopted ones included), ordered by id.
 func (r *Runtime) List(ctx context.Context) ([]sandbox.Sandbox, error) {
-	r.mu.Lock()
-	out := make([]sandbox.Sandbox, 0, len(r.boxes))
-	for _, b := range r.boxes {
-		if b.state == running {
-			out = append(out, b.sb)
-		}
-	}
-	r.mu.Unlock()
-	slices.SortFunc(out, func(a, b sandbox.Sandbox) int { return strings.Compare(a.ID, b.ID) })
-	return out, nil
+	return sandbox.ListRunning(&r.mu, r.boxes), nil
 }
 
 // Close deletes every sandbox, waits for the runtime's goroutines and

@@ -19,18 +19,18 @@ const finePollFor = 100 * time.Millisecond
 // waitReady polls the sandbox's port until it accepts a TCP connection,
 // the task exits, ctx ends or the ready timeout passes.
 func (r *Runtime) waitReady(ctx context.Context, b *box) error {
-	err := sandbox.WaitTCP(ctx, b.sb.Address, r.cfg.ReadyTimeout, finePollFor, b.exited)
+	err := sandbox.WaitTCP(ctx, b.Sandbox.Address, r.cfg.ReadyTimeout, finePollFor, b.exited)
 	switch {
 	case errors.Is(err, sandbox.ErrProbeExited):
 		return r.notReadyExited(b)
 	case errors.Is(err, sandbox.ErrProbeTimeout):
-		return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+		return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.Sandbox.Address, r.cfg.ReadyTimeout, outputSuffix(b))
 	}
 	return err
 }
 
 func (r *Runtime) notReadyExited(b *box) error {
-	return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, r.exitReason(b))
+	return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.Sandbox.Address, r.exitReason(b))
 }
 
 func outputSuffix(b *box) string {

@@ -94,30 +94,16 @@ type Runtime struct {
 
 var _ sandbox.Runtime = (*Runtime)(nil)
 
-// state is where a box is in its life; guarded by Runtime.mu.
-type state int
-
-const (
-	creating state = iota // Create is running; it cleans up on failure
-	running               // ready; Delete or the exit watcher may claim it
-	stopping              // claimed by Delete or the exit watcher, which release it
-)
-
 // box is one sandbox and everything it holds.
 type box struct {
-	sb   sandbox.Sandbox
+	sandbox.Life
 	port int
 	cg   *cgroup
 	proc *os.Process
 	out  ring
 
-	state  state              // guarded by Runtime.mu
-	cancel context.CancelFunc // cancels a Create in progress
-
-	created chan struct{} // closed when Create has finished, either way
 	exited  chan struct{} // closed when the process has been reaped
 	outDone chan struct{} // closed when its output is drained
-	gone    chan struct{} // closed when everything is released
 
 	exitState *os.ProcessState // set before exited is closed
 	waitErr   error
@@ -218,18 +204,9 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	b := &box{
-		sb: sandbox.Sandbox{
-			ID:            spec.ID,
-			Function:      spec.Function,
-			Generation:    spec.Generation,
-			CPUMillicores: spec.CPUMillicores,
-			MemoryMiB:     spec.MemoryMiB,
-		},
-		cancel:  cancel,
-		created: make(chan struct{}),
+		Life:    sandbox.NewLife(spec, cancel),
 		exited:  make(chan struct{}),
 		outDone: make(chan struct{}),
-		gone:    make(chan struct{}),
 	}
 	r.mu.Lock()
 	switch {
@@ -242,7 +219,7 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	}
 	r.boxes[spec.ID] = b
 	r.mu.Unlock()
-	defer close(b.created)
+	defer close(b.Created)
 	defer func() {
 		if err != nil {
 			r.abort(b)
@@ -253,7 +230,7 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if err != nil {
 		return sandbox.Sandbox{}, err
 	}
-	b.sb.Address = net.JoinHostPort(r.cfg.Host, strconv.Itoa(b.port))
+	b.Sandbox.Address = net.JoinHostPort(r.cfg.Host, strconv.Itoa(b.port))
 	syncW, err := r.start(b, binary, spec)
 	if err != nil {
 		return sandbox.Sandbox{}, err
@@ -277,18 +254,18 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if err := r.waitReady(ctx, b); err != nil {
 		return sandbox.Sandbox{}, err
 	}
-	b.sb.Started = time.Now()
+	b.Sandbox.Started = time.Now()
 	r.mu.Lock()
 	select {
 	case <-b.exited: // between the answer and now; watch left it to us
 		r.mu.Unlock()
-		return sandbox.Sandbox{}, fmt.Errorf("%w: exited right after answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, exitReason(b))
+		return sandbox.Sandbox{}, fmt.Errorf("%w: exited right after answering on %s: %s", sandbox.ErrNotReady, b.Sandbox.Address, exitReason(b))
 	default:
 	}
-	b.state = running
+	b.Stage = sandbox.Running
 	r.mu.Unlock()
-	r.log.Debug("sandbox ready", "sandbox", spec.ID, "function", spec.Function, "address", b.sb.Address, "pid", b.proc.Pid)
-	return b.sb, nil
+	r.log.Debug("sandbox ready", "sandbox", spec.ID, "function", spec.Function, "address", b.Sandbox.Address, "pid", b.proc.Pid)
+	return b.Sandbox, nil
 }
 
 // resolve validates spec and returns the executable to run.
@@ -413,12 +390,12 @@ func env(spec map[string]string, port int) []string {
 // stranger that took the port before the function bound it.
 func (r *Runtime) waitReady(ctx context.Context, b *box) error {
 	deadline := time.Now().Add(r.cfg.ReadyTimeout)
-	err := sandbox.WaitTCP(ctx, b.sb.Address, r.cfg.ReadyTimeout, finePollFor, b.exited)
+	err := sandbox.WaitTCP(ctx, b.Sandbox.Address, r.cfg.ReadyTimeout, finePollFor, b.exited)
 	switch {
 	case errors.Is(err, sandbox.ErrProbeExited):
 		return r.notReadyExited(b)
 	case errors.Is(err, sandbox.ErrProbeTimeout):
-		return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+		return fmt.Errorf("%w: no answer on %s within %v%s", sandbox.ErrNotReady, b.Sandbox.Address, r.cfg.ReadyTimeout, outputSuffix(b))
 	case err != nil:
 		return err
 	}
@@ -431,13 +408,13 @@ func (r *Runtime) waitReady(ctx context.Context, b *box) error {
 		}
 		if time.Now().After(deadline) {
 			if err != nil {
-				return fmt.Errorf("%w: %s answers, but who holds port %d is unknown: %v", sandbox.ErrNotReady, b.sb.Address, b.port, err)
+				return fmt.Errorf("%w: %s answers, but who holds port %d is unknown: %v", sandbox.ErrNotReady, b.Sandbox.Address, b.port, err)
 			}
 			if len(inodes) == 0 {
-				return fmt.Errorf("%w: %s answered once, then nothing listened on it within %v%s", sandbox.ErrNotReady, b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+				return fmt.Errorf("%w: %s answered once, then nothing listened on it within %v%s", sandbox.ErrNotReady, b.Sandbox.Address, r.cfg.ReadyTimeout, outputSuffix(b))
 			}
 			return fmt.Errorf("%w: port %d is held by another process (%s), not by the sandbox: the function did not listen on %s within %v%s",
-				sandbox.ErrNotReady, b.port, socketHolder(inodes), b.sb.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+				sandbox.ErrNotReady, b.port, socketHolder(inodes), b.Sandbox.Address, r.cfg.ReadyTimeout, outputSuffix(b))
 		}
 		if timer == nil {
 			timer = time.NewTimer(wait)
@@ -449,7 +426,7 @@ func (r *Runtime) waitReady(ctx context.Context, b *box) error {
 		case <-b.exited:
 			return r.notReadyExited(b)
 		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w", b.sb.Address, ctx.Err())
+			return fmt.Errorf("wait for %s: %w", b.Sandbox.Address, ctx.Err())
 		case <-timer.C:
 		}
 		wait = min(wait*2, 10*time.Millisecond)
@@ -468,7 +445,7 @@ func (r *Runtime) notReadyExited(b *box) error {
 	if inodes, err := r.listeners(r.host, b.port); err == nil && len(inodes) > 0 {
 		reason += fmt.Sprintf("; port %d is held by another process (%s)", b.port, socketHolder(inodes))
 	}
-	return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.sb.Address, reason)
+	return fmt.Errorf("%w: exited before answering on %s: %s", sandbox.ErrNotReady, b.Sandbox.Address, reason)
 }
 
 // reasonBytes is how much output an error reason quotes.
@@ -509,18 +486,18 @@ func (r *Runtime) watch(b *box) {
 	b.exitState, b.waitErr = b.proc.Wait()
 	close(b.exited)
 	r.mu.Lock()
-	crashed := b.state == running
+	crashed := b.Stage == sandbox.Running
 	if crashed {
-		b.state = stopping
+		b.Stage = sandbox.Stopping
 	}
 	r.mu.Unlock()
 	if !crashed {
 		return // Create or Delete owns the cleanup
 	}
 	reason := exitReason(b)
-	r.log.Warn("sandbox exited", "sandbox", b.sb.ID, "function", b.sb.Function, "reason", reason)
+	r.log.Warn("sandbox exited", "sandbox", b.Sandbox.ID, "function", b.Sandbox.Function, "reason", reason)
 	r.release(b)
-	r.onExit(sandbox.Exit{ID: b.sb.ID, Reason: reason})
+	r.onExit(sandbox.Exit{ID: b.Sandbox.ID, Reason: reason})
 }
 
 // abort undoes a failed Create: it stops the init (closing the sync pipe
@@ -543,53 +520,28 @@ func (r *Runtime) release(b *box) {
 	}
 	if b.cg != nil {
 		if err := b.cg.remove(); err != nil {
-			r.log.Warn("sandbox cgroup left behind", "sandbox", b.sb.ID, "err", err)
+			r.log.Warn("sandbox cgroup left behind", "sandbox", b.Sandbox.ID, "err", err)
 		}
 	}
 	if b.port != 0 {
 		release(b.port)
 	}
 	r.mu.Lock()
-	if r.boxes[b.sb.ID] == b {
-		delete(r.boxes, b.sb.ID)
+	if r.boxes[b.Sandbox.ID] == b {
+		delete(r.boxes, b.Sandbox.ID)
 	}
 	r.mu.Unlock()
-	close(b.gone)
+	close(b.Gone)
 }
 
 // Delete kills the sandbox's process tree and frees its cgroups and port.
 // A Create in progress for id is cancelled.
 func (r *Runtime) Delete(ctx context.Context, id string) error {
-	for {
-		r.mu.Lock()
-		b := r.boxes[id]
-		if b == nil {
-			r.mu.Unlock()
-			return nil
-		}
-		switch b.state {
-		case creating:
-			r.mu.Unlock()
-			b.cancel()
-			select {
-			case <-b.created:
-				continue // gone, or running: look again
-			case <-ctx.Done():
-				return fmt.Errorf("delete sandbox %s: %w", id, ctx.Err())
-			}
-		case stopping:
-			r.mu.Unlock()
-			select {
-			case <-b.gone:
-				return nil
-			case <-ctx.Done():
-				return fmt.Errorf("delete sandbox %s: %w", id, ctx.Err())
-			}
-		}
-		b.state = stopping
-		r.mu.Unlock()
-		return r.stop(ctx, b)
+	b, ok, err := sandbox.Claim(ctx, &r.mu, r.boxes, id)
+	if !ok {
+		return err
 	}
+	return r.stop(ctx, b)
 }
 
 // stop kills a claimed running box and releases it.
@@ -597,7 +549,7 @@ func (r *Runtime) stop(ctx context.Context, b *box) error {
 	// SIGKILL to the PID namespace's init: the kernel kills everything else
 	// in the namespace, and the init is reaped only once they are gone.
 	if err := b.proc.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		r.log.Warn("kill sandbox", "sandbox", b.sb.ID, "err", err)
+		r.log.Warn("kill sandbox", "sandbox", b.Sandbox.ID, "err", err)
 	}
 	select {
 	case <-b.exited:
@@ -608,25 +560,16 @@ func (r *Runtime) stop(ctx context.Context, b *box) error {
 			<-b.exited
 			r.release(b)
 		}()
-		return fmt.Errorf("delete sandbox %s: %w", b.sb.ID, ctx.Err())
+		return fmt.Errorf("delete sandbox %s: %w", b.Sandbox.ID, ctx.Err())
 	}
 	r.release(b)
-	r.log.Debug("sandbox deleted", "sandbox", b.sb.ID)
+	r.log.Debug("sandbox deleted", "sandbox", b.Sandbox.ID)
 	return nil
 }
 
 // List returns the running sandboxes, ordered by id.
 func (r *Runtime) List(ctx context.Context) ([]sandbox.Sandbox, error) {
-	r.mu.Lock()
-	out := make([]sandbox.Sandbox, 0, len(r.boxes))
-	for _, b := range r.boxes {
-		if b.state == running {
-			out = append(out, b.sb)
-		}
-	}
-	r.mu.Unlock()
-	slices.SortFunc(out, func(a, b sandbox.Sandbox) int { return strings.Compare(a.ID, b.ID) })
-	return out, nil
+	return sandbox.ListRunning(&r.mu, r.boxes), nil
 }
 
 // Close deletes every sandbox, waits for the runtime's goroutines and
