@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -98,7 +99,8 @@ type cluster struct {
 }
 
 type clusterOpts struct {
-	workers    int
+	workers    int  // in-process workers; default 1
+	noWorkers  bool // none: the test runs its own
 	queueLimit int
 	dataDir    string
 	fake       bool          // the fake runtime instead of process
@@ -107,6 +109,9 @@ type clusterOpts struct {
 	// newRuntime, when set, builds each worker's runtime (other runtimes'
 	// end-to-end tests); the worker id is unique per worker.
 	newRuntime func(workerID string, onExit sandbox.ExitFunc) (sandbox.Runtime, error)
+	// maxCreations is the workers' cap; default 16 (4096 with fake).
+	maxCreations     int
+	heartbeatTimeout time.Duration // default 1s
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -124,9 +129,13 @@ func startCluster(t testing.TB, o clusterOpts) *cluster {
 	if !o.fake && o.newRuntime == nil {
 		needRoot(t)
 	}
-	if o.workers == 0 {
+	switch {
+	case o.noWorkers:
+		o.workers = 0
+	case o.workers == 0:
 		o.workers = 1
 	}
+	o.heartbeatTimeout = cmp.Or(o.heartbeatTimeout, time.Second)
 	if o.dataDir == "" {
 		o.dataDir = t.TempDir()
 	}
@@ -142,7 +151,7 @@ func startCluster(t testing.TB, o clusterOpts) *cluster {
 	var err error
 	c.cp, err = controlplane.New(controlplane.Config{
 		Listen: "127.0.0.1:0", DataDir: o.dataDir, Store: st, HeartbeatInterval: 200 * time.Millisecond,
-		HeartbeatTimeout: time.Second, AutoscaleInterval: 200 * time.Millisecond, IdleDrain: 200 * time.Millisecond,
+		HeartbeatTimeout: o.heartbeatTimeout, AutoscaleInterval: 200 * time.Millisecond, IdleDrain: 200 * time.Millisecond,
 		Logger: log.With("c", "cp"),
 	})
 	if err != nil {
@@ -172,6 +181,7 @@ func startCluster(t testing.TB, o clusterOpts) *cluster {
 		if o.newRuntime != nil {
 			newRT = func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) { return o.newRuntime(id, onExit) }
 		}
+		creations = cmp.Or(o.maxCreations, creations)
 		w, err := worker.New(worker.Config{
 			ID: id, ControlPlane: c.cp.Addr(), Capacity: capacity, MaxCreations: creations,
 			Logger: log.With("c", "worker", "id", id), NewRuntime: newRT,

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -18,17 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
-	"github.com/batonfaas/baton/internal/controlplane"
-	"github.com/batonfaas/baton/internal/dataplane"
 	"github.com/batonfaas/baton/internal/sandbox"
 	ctrrt "github.com/batonfaas/baton/internal/sandbox/containerd"
 	"github.com/batonfaas/baton/internal/sandbox/containerd/netpool"
-	"github.com/batonfaas/baton/internal/store"
-	"github.com/batonfaas/baton/internal/worker"
 
 	containerd "github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
@@ -128,88 +122,38 @@ func ctrConfig(t testing.TB, id string) ctrrt.Config {
 }
 
 type ctrClusterOpts struct {
-	workers      int // in-process workers with the containerd runtime
-	maxCreations int // their cap; default ctrrt.DefaultMaxCreations
-	// heartbeatTimeout; default 1s
-	heartbeatTimeout time.Duration
+	workers          int           // in-process workers with the containerd runtime
+	maxCreations     int           // their cap; default ctrrt.DefaultMaxCreations
+	heartbeatTimeout time.Duration // default 1s
 	// wrap, when set, wraps each worker's runtime (to count calls).
 	wrap func(sandbox.Runtime) sandbox.Runtime
 }
 
-// startCtrCluster runs a control plane, a data plane and containerd
-// workers in this process, with short timers. Its workers' runtimes are
-// c.runtimes.
+// startCtrCluster is startCluster with containerd workers (none when
+// o.workers is 0: the test starts its own) and a longer client timeout for
+// pulls. Its workers' runtimes are returned.
 func startCtrCluster(t testing.TB, o ctrClusterOpts) (*cluster, []*ctrrt.Runtime) {
 	t.Helper()
 	needContainerd(t)
-	if o.maxCreations == 0 {
-		o.maxCreations = ctrrt.DefaultMaxCreations
-	}
-	if o.heartbeatTimeout == 0 {
-		o.heartbeatTimeout = time.Second
-	}
-	log := testLogger(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 1024
-	c := &cluster{cancel: cancel, dataDir: t.TempDir(), client: &http.Client{Timeout: 60 * time.Second, Transport: tr}}
-	var err error
-	c.cp, err = controlplane.New(controlplane.Config{
-		Listen: "127.0.0.1:0", DataDir: c.dataDir, Store: store.NewMemory(), HeartbeatInterval: 200 * time.Millisecond,
-		HeartbeatTimeout: o.heartbeatTimeout, AutoscaleInterval: 200 * time.Millisecond, IdleDrain: 200 * time.Millisecond,
-		Logger: log.With("c", "cp"),
+	var rts []*ctrrt.Runtime // appended by worker.New, on this goroutine
+	c := startCluster(t, clusterOpts{
+		workers: o.workers, noWorkers: o.workers == 0, queueLimit: 100000, memStore: true,
+		heartbeatTimeout: o.heartbeatTimeout, maxCreations: cmp.Or(o.maxCreations, ctrrt.DefaultMaxCreations),
+		newRuntime: func(id string, onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+			cfg := ctrConfig(t, id)
+			cfg.OnExit = onExit
+			rt, err := ctrrt.New(cfg)
+			if err != nil {
+				return nil, err
+			}
+			rts = append(rts, rt)
+			if o.wrap != nil {
+				return o.wrap(rt), nil
+			}
+			return rt, nil
+		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.goRun(func() { c.cp.Run(ctx) })
-	c.dp, err = dataplane.New(dataplane.Config{
-		Listen: "127.0.0.1:0", ControlPlane: c.cp.Addr(), QueueLimit: 100000,
-		ReportInterval: 50 * time.Millisecond, Logger: log.With("c", "dp"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.goRun(func() { c.dp.Run(ctx) })
-	var rts []*ctrrt.Runtime
-	for i := range o.workers {
-		id := fmt.Sprintf("e2e-ctr-%d-%d", os.Getpid(), i)
-		cfg := ctrConfig(t, id)
-		w, err := worker.New(worker.Config{
-			ID: id, ControlPlane: c.cp.Addr(), Capacity: worker.Resources{CPUMillicores: 10_000_000, MemoryMiB: 1 << 20},
-			MaxCreations: o.maxCreations, Logger: log.With("c", "worker", "id", id),
-			NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
-				cfg.OnExit = onExit
-				rt, err := ctrrt.New(cfg)
-				if err != nil {
-					return nil, err
-				}
-				rts = append(rts, rt)
-				if o.wrap != nil {
-					return o.wrap(rt), nil
-				}
-				return rt, nil
-			},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.workers = append(c.workers, w)
-		c.goRun(func() { w.Run(ctx) })
-	}
-	conn, err := grpc.NewClient(c.cp.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.cpc = pb.NewControlPlaneClient(conn)
-	t.Cleanup(func() {
-		conn.Close()
-		c.stop()
-	})
-	waitFor(t, 10*time.Second, "workers and data plane registered", func() bool {
-		st, err := c.cpc.GetStatus(context.Background(), &pb.GetStatusRequest{})
-		return err == nil && len(st.Workers) == o.workers && len(st.DataPlanes) == 1
-	})
+	c.client.Timeout = 60 * time.Second
 	return c, rts
 }
 
