@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -285,9 +286,13 @@ func status(t *testing.T, c *cpclient.Client) *pb.ClusterStatus {
 var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 
 // invoke sends one request for fn to the data plane at dp.
-func invoke(dp, fn string) (int, string, error) {
+func invoke(dp, fn string) (int, string, error) { return invokeWith(dp, fn, nil) }
+
+// invokeWith is invoke with request headers.
+func invokeWith(dp, fn string, h http.Header) (int, string, error) {
 	req, _ := http.NewRequest(http.MethodGet, "http://"+dp+"/", nil)
 	req.Host = fn
+	maps.Copy(req.Header, h)
 	resp, err := httpClient.Do(req)
 	if err != nil {
 		return 0, "", err
@@ -320,12 +325,7 @@ func startLoad(dps []string, fn string, every time.Duration) *load {
 			case <-time.After(every):
 			}
 			code, _, err := invoke(dps[i%len(dps)], fn)
-			if err != nil || code != 200 {
-				l.failed.Add(1)
-				l.lastErr.Store(fmt.Sprintf("%d %v", code, err))
-			} else {
-				l.ok.Add(1)
-			}
+			l.record(code, err)
 		}
 	}()
 	return l
@@ -336,6 +336,7 @@ func startLoad(dps []string, fn string, every time.Duration) *load {
 // requests are always in flight in the sandboxes.
 func startSlowLoad(dp, fn string, clients int, d time.Duration) *load {
 	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
+	h := http.Header{"workload": {"sleep"}, "requested_cpu": {fmt.Sprint(d.Milliseconds())}}
 	var wg sync.WaitGroup
 	for range clients {
 		wg.Go(func() {
@@ -345,29 +346,23 @@ func startSlowLoad(dp, fn string, clients int, d time.Duration) *load {
 					return
 				default:
 				}
-				req, _ := http.NewRequest(http.MethodGet, "http://"+dp+"/", nil)
-				req.Host = fn
-				req.Header.Set("workload", "sleep")
-				req.Header.Set("requested_cpu", fmt.Sprint(d.Milliseconds()))
-				resp, err := httpClient.Do(req)
-				if err != nil {
-					l.failed.Add(1)
-					l.lastErr.Store(err.Error())
-					continue
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					l.failed.Add(1)
-					l.lastErr.Store(fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(b))))
-				} else {
-					l.ok.Add(1)
-				}
+				code, _, err := invokeWith(dp, fn, h)
+				l.record(code, err)
 			}
 		})
 	}
 	go func() { wg.Wait(); close(l.done) }()
 	return l
+}
+
+// record counts one request's outcome.
+func (l *load) record(code int, err error) {
+	if err != nil || code != 200 {
+		l.failed.Add(1)
+		l.lastErr.Store(fmt.Sprintf("%d %v", code, err))
+	} else {
+		l.ok.Add(1)
+	}
 }
 
 func (l *load) end() (ok, failed int64) {
