@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/containerd/remotes"
 	"github.com/containerd/containerd/remotes/docker"
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -30,7 +31,8 @@ import (
 // resolved it: its name in containerd, the chain id of its unpacked layers
 // (the parent of each sandbox's snapshot) and its config.
 type resolvedImage struct {
-	name    string // normalized reference, as containerd stores it
+	name    string        // normalized reference, as containerd stores it
+	digest  digest.Digest // of the manifest (or index) name resolved to
 	chainID string
 	config  ocispec.ImageConfig
 }
@@ -130,6 +132,10 @@ func (is *images) get(ctx context.Context, log *slog.Logger, ref string, u use) 
 		is.mu.Unlock()
 		return e.wait(ctx)
 	}
+	var prev *resolvedImage // what a refresh keeps if the tag has not moved
+	if e != nil {
+		prev = e.img
+	}
 	e = &imageEntry{done: make(chan struct{})}
 	is.entries[name] = e
 	is.mu.Unlock()
@@ -140,7 +146,7 @@ func (is *images) get(ctx context.Context, log *slog.Logger, ref string, u use) 
 	go func() {
 		defer is.wg.Done()
 		defer cancel()
-		e.img, e.err = is.resolve(rctx, log, name, pinned)
+		e.img, e.err = is.resolve(rctx, log, name, pinned, prev)
 		if e.err != nil {
 			is.mu.Lock()
 			if is.entries[name] == e {
@@ -174,8 +180,23 @@ func (is *images) firstUse(name, function string, generation uint64) bool {
 // resolve finds name's image in containerd, or pulls it, and unpacks it. A
 // tag (not pinned) is looked up in the registry first and pulled again if
 // it now names another image than containerd has; when the lookup fails,
-// the image containerd has is used.
-func (is *images) resolve(ctx context.Context, log *slog.Logger, name string, pinned bool) (*resolvedImage, error) {
+// the image containerd has is used. prev, the last resolution of name, is
+// kept as it is when the tag still names it (or cannot be looked up): a
+// refresh then costs the lookup alone.
+func (is *images) resolve(ctx context.Context, log *slog.Logger, name string, pinned bool, prev *resolvedImage) (*resolvedImage, error) {
+	var desc ocispec.Descriptor
+	var lookupErr error
+	if !pinned {
+		desc, lookupErr = is.lookup(ctx, name)
+		switch {
+		case prev == nil:
+		case lookupErr == nil && desc.Digest == prev.digest:
+			return prev, nil
+		case lookupErr != nil && ctx.Err() == nil:
+			log.Warn(lookupFailed, "image", name, "digest", prev.digest, "err", lookupErr)
+			return prev, nil
+		}
+	}
 	img, err := is.client.GetImage(ctx, name)
 	have := err == nil
 	if err != nil && !errdefs.IsNotFound(err) {
@@ -183,18 +204,16 @@ func (is *images) resolve(ctx context.Context, log *slog.Logger, name string, pi
 	}
 	pull := !have
 	if !pinned {
-		desc, err := is.lookup(ctx, name)
 		switch {
-		case err == nil:
+		case lookupErr == nil:
 			pull = !have || img.Target().Digest != desc.Digest
 			if have && pull {
 				log.Info("image tag moved: pulling it", "image", name, "had", img.Target().Digest, "now", desc.Digest)
 			}
 		case !have || ctx.Err() != nil:
-			return nil, pullError(name, err)
+			return nil, pullError(name, lookupErr)
 		default:
-			log.Warn("cannot look the image tag up in its registry: using the image containerd has",
-				"image", name, "digest", img.Target().Digest, "err", err)
+			log.Warn(lookupFailed, "image", name, "digest", img.Target().Digest, "err", lookupErr)
 		}
 	}
 	if pull {
@@ -221,8 +240,10 @@ func (is *images) resolve(ctx context.Context, log *slog.Logger, name string, pi
 	if err != nil {
 		return nil, fmt.Errorf("%w: layers of image %s: %v", sandbox.ErrInvalid, name, err)
 	}
-	return &resolvedImage{name: name, chainID: identity.ChainID(diffIDs).String(), config: spec.Config}, nil
+	return &resolvedImage{name: name, digest: img.Target().Digest, chainID: identity.ChainID(diffIDs).String(), config: spec.Config}, nil
 }
+
+const lookupFailed = "cannot look the image tag up in its registry: using the image containerd has"
 
 // lookup asks the registry which manifest the tag name names now: a HEAD
 // request (after a token fetch, where the registry wants one), no download.
