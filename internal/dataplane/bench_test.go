@@ -73,6 +73,10 @@ func BenchmarkPick(b *testing.B) {
 //   - clients=1: one client. p50-added-µs is the proxy's median latency minus
 //     the direct one (at most 40 µs).
 //
+// This is the engine's benchmark; the user's view, with the data plane,
+// the function and the clients in processes of their own, is e2e's
+// BenchmarkWarmPathProcess.
+//
 // cpu-ratio is the CPU time the process spends per request direct divided
 // by that through the proxy. With 16 clients both phases keep the two
 // cores busy, so it is what ratio would be if the machine were not shared:
@@ -83,7 +87,10 @@ func BenchmarkWarmPath(b *testing.B) {
 		io.WriteString(w, "hello")
 	})
 	cp := newFakeCP(b, route("f", 1, 10000, 10000, ep("s1", addr)))
-	d := startDP(b, cp, nil)
+	// No busy-polling: with the clients and the function in its process,
+	// a polling connection only takes a CPU from them (it pays off when
+	// they are other processes: e2e's BenchmarkWarmPathProcess).
+	d := startDP(b, cp, func(c *Config) { c.BusyPoll = -1 })
 	direct := newTarget(b, addr, "f")
 	proxy := newTarget(b, d.Addr(), "f")
 	for _, clients := range []int{16, 1} {

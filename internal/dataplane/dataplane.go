@@ -32,6 +32,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -50,7 +51,14 @@ type Config struct {
 	MaxBodyBytes   int64         // default 10 MiB; larger → 413
 	QueueLimit     int           // per function, default 10000; full → 503
 	ReportInterval time.Duration // default 100ms
-	Logger         *slog.Logger  // default slog.Default()
+	// BusyPoll bounds how long an HTTP/1.1 connection polls its socket
+	// before sleeping, when the data plane is otherwise idle (on average
+	// fewer than 1.5 requests in flight, one connection at a time, two or
+	// more CPUs): for a sandbox's answer and for a client's next request.
+	// It trades up to that much CPU per wait for the wake-up of a sleeping
+	// thread. Default DefaultBusyPoll; negative: never.
+	BusyPoll time.Duration
+	Logger   *slog.Logger // default slog.Default()
 }
 
 // Defaults.
@@ -60,6 +68,7 @@ const (
 	DefaultMaxBodyBytes   = 10 << 20
 	DefaultQueueLimit     = 10000
 	DefaultReportInterval = 100 * time.Millisecond
+	DefaultBusyPoll       = 100 * time.Microsecond
 	// ShutdownGrace is how long Run lets requests finish after its context
 	// is done.
 	ShutdownGrace = 10 * time.Second
@@ -111,6 +120,12 @@ func New(cfg Config) (*DataPlane, error) {
 	case cfg.ReportInterval == 0:
 		cfg.ReportInterval = DefaultReportInterval
 	}
+	switch {
+	case cfg.BusyPoll == 0:
+		cfg.BusyPoll = DefaultBusyPoll
+	case cfg.BusyPoll < 0 || runtime.NumCPU() < 2: // one CPU: spinning would keep the sandbox from answering
+		cfg.BusyPoll = 0
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -138,7 +153,7 @@ func New(cfg Config) (*DataPlane, error) {
 		ln:    ln,
 		rt:    rt,
 		eng:   &httpEngine{rt: rt, transport: newTransport(), maxBody: cfg.MaxBodyBytes},
-		h1:    newH1Engine(rt, cfg.MaxBodyBytes),
+		h1:    newH1Engine(rt, cfg.MaxBodyBytes, cfg.BusyPoll),
 		grace: ShutdownGrace,
 	}, nil
 }

@@ -18,7 +18,7 @@ const maxRetries = 8
 
 // handle serves one request and says whether the connection stays open.
 func (hc *h1Conn) handle() bool {
-	hc.e.active.Add(1)
+	hc.e.noteStart()
 	hc.pend, hc.bodyOff, hc.unread, hc.linger, hc.streamed = 0, 0, false, false, false
 	keep := hc.request()
 	if hc.pend > 0 { // what is left of the request in the reader
@@ -152,6 +152,9 @@ func (hc *h1Conn) forward(c *call, start time.Time, rest string, viaPath bool) (
 		}
 		err = hc.send(uc, c, rest, viaPath, deadline, tol)
 		if err == nil {
+			if uc.br.Buffered() == 0 {
+				e.spin(uc.poll, 1) // the answer takes a while
+			}
 			err = readResponseHead(uc, deadline, tol)
 		}
 		if err == nil {

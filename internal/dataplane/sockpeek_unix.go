@@ -2,7 +2,11 @@
 
 package dataplane
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+	"unsafe"
+)
 
 // peek looks at a socket without reading from it or blocking: is the peer
 // still there, and has it sent anything?
@@ -26,4 +30,21 @@ func peek(rc syscall.RawConn) sockState {
 		return sockClosed
 	}
 	return st
+}
+
+// spinFD polls fd without blocking until a read would not block (bytes
+// came, the peer closed, the socket failed) or end has passed, and says
+// whether a read would now return at once.
+func spinFD(fd uintptr, end time.Time) bool {
+	var b [1]byte
+	for i := 0; ; i++ {
+		_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		if errno != syscall.EAGAIN && errno != syscall.EINTR {
+			return true // bytes, or 0 for a close, or an error
+		}
+		if i&7 == 7 && time.Now().After(end) {
+			return false
+		}
+	}
 }

@@ -58,6 +58,7 @@ type upPool struct {
 type upConn struct {
 	c      net.Conn
 	rc     syscall.RawConn // nil if the conn does not offer one
+	poll   *poller         // nil without busy-polling
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	pool   *upPool
@@ -123,6 +124,7 @@ func (u *upstreams) dial(p *upPool, deadline int64) (*upConn, error) {
 	}
 	if sc, ok := c.(syscall.Conn); ok {
 		uc.rc, _ = sc.SyscallConn()
+		uc.poll = newPoller(uc.rc)
 	}
 	return uc, nil
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -29,13 +29,13 @@ type upProc struct {
 	workerID string
 }
 
-// startUp runs the baton binary's "up" as its own process and waits until it
-// says where it listens.
-func startUp(t *testing.T, dataDir, workerID string) *upProc {
+// startUp runs the baton binary's "up" (with flags added) as its own
+// process and waits until it says where it listens.
+func startUp(t testing.TB, dataDir, workerID string, flags ...string) *upProc {
 	t.Helper()
 	u := &upProc{dp: freePort(t), cp: freePort(t), dirigent: freePort(t), workerID: workerID}
-	u.cmd = exec.Command(bin(t, "baton"), "up", "--data-dir", dataDir, "--listen", u.dp, "--controlplane-listen", u.cp,
-		"--dirigent-listen", u.dirigent, "--worker-id", workerID)
+	u.cmd = exec.Command(bin(t, "baton"), append([]string{"up", "--data-dir", dataDir, "--listen", u.dp,
+		"--controlplane-listen", u.cp, "--dirigent-listen", u.dirigent, "--worker-id", workerID}, flags...)...)
 	u.cmd.Stderr = os.Stderr
 	if os.Getenv("BATON_TEST_LOG") == "" {
 		u.cmd.Stderr = nil
@@ -88,7 +88,7 @@ func startUp(t *testing.T, dataDir, workerID string) *upProc {
 	}
 }
 
-func (u *upProc) cli(t *testing.T, args ...string) (string, error) {
+func (u *upProc) cli(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(bin(t, "baton"), args...)
 	cmd.Env = append(os.Environ(), "BATON_CONTROLPLANE="+u.cp, "BATON_DATAPLANE="+u.dp)
@@ -97,7 +97,7 @@ func (u *upProc) cli(t *testing.T, args ...string) (string, error) {
 }
 
 // stop sends SIGTERM and waits for a clean exit.
-func (u *upProc) stop(t *testing.T) {
+func (u *upProc) stop(t testing.TB) {
 	t.Helper()
 	u.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
