@@ -34,8 +34,10 @@ func reportLatencies(b *testing.B, lat []time.Duration, elapsed time.Duration) {
 // BenchmarkColdStartBurstFake: one request to each of b.N functions at zero,
 // 100 in flight at a time (BATON_BENCH_INFLIGHT), on the fake runtime (40 ms
 // creation). The floor is 40 ms per cold start; the rest is Baton.
+// BATON_BENCH_DUMP=FILE writes one line per request: its start (µs after
+// the clock started), its latency (µs) and the data plane's Server-Timing.
 func BenchmarkColdStartBurstFake(b *testing.B) {
-	c := startCluster(b, clusterOpts{fake: true, memStore: true, queueLimit: 100000})
+	c := startCluster(b, clusterOpts{fake: true, memStore: true, queueLimit: 100000, defaultIntervals: true})
 	for i := range b.N {
 		c.deploy(b, &pb.FunctionSpec{Name: fmt.Sprintf("cold-%d", i), Image: "fake",
 			Scaling: &pb.ScalingSpec{ScaleToZeroGraceMs: 600_000}})
@@ -47,6 +49,7 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 	openConnections(b, c, inFlight)
 	lat := make([]time.Duration, b.N)
 	timings := make([]string, b.N) // Server-Timing of each answer
+	starts := make([]time.Duration, b.N)
 	var next atomic.Int64
 	var failed atomic.Int64
 	var wg sync.WaitGroup
@@ -77,6 +80,7 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 				t0 := time.Now()
 				resp, err := c.client.Do(req)
 				lat[i] = time.Since(t0)
+				starts[i] = t0.Sub(start)
 				if err != nil || resp.StatusCode != 200 || resp.Header.Get("X-Baton-Cold-Start") != "true" {
 					failed.Add(1)
 				} else {
@@ -98,6 +102,13 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 		b.Fatalf("%d of %d cold starts failed or were not cold", f, b.N)
 	}
 	cpu := cpuTime() - cpu0
+	if p := os.Getenv("BATON_BENCH_DUMP"); p != "" {
+		f, _ := os.Create(p)
+		for i := range lat {
+			fmt.Fprintf(f, "%d %d %s\n", starts[i].Microseconds(), lat[i].Microseconds(), timings[i])
+		}
+		f.Close()
+	}
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/op")
 	b.ReportMetric(cpu.Seconds()/elapsed.Seconds(), "cores")
 	reportStages(b, lat, timings)

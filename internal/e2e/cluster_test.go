@@ -112,6 +112,10 @@ type clusterOpts struct {
 	// maxCreations is the workers' cap; default 16 (4096 with fake).
 	maxCreations     int
 	heartbeatTimeout time.Duration // default 1s
+	// defaultIntervals runs the autoscaler and the load reports at the
+	// daemons' defaults (2 s, 100 ms) instead of the tests' faster ones
+	// (200 ms, 50 ms): benchmarks measure what users run.
+	defaultIntervals bool
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -149,9 +153,13 @@ func startCluster(t testing.TB, o clusterOpts) *cluster {
 		st = store.NewMemory()
 	}
 	var err error
+	autoscale, report := 200*time.Millisecond, 50*time.Millisecond
+	if o.defaultIntervals {
+		autoscale, report = 0, 0
+	}
 	c.cp, err = controlplane.New(controlplane.Config{
 		Listen: "127.0.0.1:0", DataDir: o.dataDir, Store: st, HeartbeatInterval: 200 * time.Millisecond,
-		HeartbeatTimeout: o.heartbeatTimeout, AutoscaleInterval: 200 * time.Millisecond, IdleDrain: 200 * time.Millisecond,
+		HeartbeatTimeout: o.heartbeatTimeout, AutoscaleInterval: autoscale, IdleDrain: 200 * time.Millisecond,
 		Logger: log.With("c", "cp"),
 	})
 	if err != nil {
@@ -160,7 +168,7 @@ func startCluster(t testing.TB, o clusterOpts) *cluster {
 	c.goRun(func() { c.cp.Run(ctx) })
 	c.dp, err = dataplane.New(dataplane.Config{
 		Listen: "127.0.0.1:0", ControlPlane: c.cp.Addr(), QueueLimit: o.queueLimit,
-		ReportInterval: 50 * time.Millisecond, Logger: log.With("c", "dp"),
+		ReportInterval: report, Logger: log.With("c", "dp"),
 	})
 	if err != nil {
 		t.Fatal(err)
