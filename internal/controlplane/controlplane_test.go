@@ -52,6 +52,9 @@ type fakeWorker struct {
 	deleted  []string
 	creates  int
 	beating  bool
+	hold     bool              // creations are not answered: the test does it
+	held     []*pb.SandboxInfo // what was created while holding
+	batches  int               // WorkerCommands received
 	sendMu   sync.Mutex
 	finished chan struct{}
 }
@@ -97,27 +100,47 @@ func (w *fakeWorker) serve() {
 		if err != nil {
 			return
 		}
-		if cmd.Epoch != w.epoch {
-			w.t.Errorf("worker %s: command with epoch %d in session %d", w.id, cmd.Epoch, w.epoch)
-		}
-		switch c := cmd.Cmd.(type) {
-		case *pb.WorkerCommand_Create:
-			info := &pb.SandboxInfo{SandboxId: c.Create.SandboxId, Function: c.Create.Spec.Name,
-				Generation: c.Create.Generation, Address: "127.0.0.1:1"}
+		cmds := []*pb.WorkerCommand{cmd}
+		if b := cmd.GetBatch(); b != nil {
+			cmds = b.Commands
 			w.mu.Lock()
-			w.running[info.SandboxId] = info
-			w.creates++
+			w.batches++
 			w.mu.Unlock()
-			w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
-				Epoch: w.epoch, Kind: pb.SandboxEvent_KIND_READY, Sandbox: info, CreateMicros: 1000}}})
-		case *pb.WorkerCommand_Delete:
-			w.mu.Lock()
-			delete(w.running, c.Delete.SandboxId)
-			w.deleted = append(w.deleted, c.Delete.SandboxId)
-			w.mu.Unlock()
-			w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
-				Epoch: w.epoch, Kind: pb.SandboxEvent_KIND_DELETED, Sandbox: &pb.SandboxInfo{SandboxId: c.Delete.SandboxId}}}})
 		}
+		for _, cmd := range cmds {
+			w.handle(cmd)
+		}
+	}
+}
+
+func (w *fakeWorker) handle(cmd *pb.WorkerCommand) {
+	if cmd.Epoch != w.epoch {
+		w.t.Errorf("worker %s: command with epoch %d in session %d", w.id, cmd.Epoch, w.epoch)
+	}
+	switch c := cmd.Cmd.(type) {
+	case *pb.WorkerCommand_Create:
+		info := &pb.SandboxInfo{SandboxId: c.Create.SandboxId, Function: c.Create.Spec.Name,
+			Generation: c.Create.Generation, Address: "127.0.0.1:1"}
+		w.mu.Lock()
+		w.running[info.SandboxId] = info
+		w.creates++
+		hold := w.hold
+		if hold {
+			w.held = append(w.held, info)
+		}
+		w.mu.Unlock()
+		if hold {
+			return
+		}
+		w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+			Epoch: w.epoch, Kind: pb.SandboxEvent_KIND_READY, Sandbox: info, CreateMicros: 1000}}})
+	case *pb.WorkerCommand_Delete:
+		w.mu.Lock()
+		delete(w.running, c.Delete.SandboxId)
+		w.deleted = append(w.deleted, c.Delete.SandboxId)
+		w.mu.Unlock()
+		w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+			Epoch: w.epoch, Kind: pb.SandboxEvent_KIND_DELETED, Sandbox: &pb.SandboxInfo{SandboxId: c.Delete.SandboxId}}}})
 	}
 }
 
@@ -381,6 +404,68 @@ func TestScaleFromZeroCoalescedAndNotPersisted(t *testing.T) {
 		t.Fatalf("store writes went from %d to %d while scaling", writes, cp.StoreWrites())
 	}
 	t.Logf("150 sandboxes, 50 functions: %d route messages", msgs)
+}
+
+// Batched messages: scale requests from a data plane in one ScaleRequests,
+// sandbox events from a worker in one WorkerMessages, each part handled as
+// if it came alone (a stale epoch inside a batch is dropped); and a burst of
+// creations goes to the worker in fewer messages than creations.
+func TestBatchedSessionMessages(t *testing.T) {
+	_, c, stop := startCP(t, t.TempDir())
+	defer stop()
+	w := connectWorker(t, c, "w")
+	w.mu.Lock()
+	w.hold = true
+	w.mu.Unlock()
+	const n = 40
+	for i := range n + 1 {
+		deploy(t, c, fmt.Sprintf("b%d", i), 0)
+	}
+	dp := connectDataPlane(t, c)
+	reqs := []*pb.ScaleRequest{{Epoch: dp.epoch - 1, Function: fmt.Sprintf("b%d", n), Queued: 1}} // stale
+	for i := range n {
+		reqs = append(reqs, &pb.ScaleRequest{Epoch: dp.epoch, Function: fmt.Sprintf("b%d", i), Queued: 1})
+	}
+	dp.send(&pb.DataPlaneMessage{Msg: &pb.DataPlaneMessage_Scales{Scales: &pb.ScaleRequests{Requests: reqs}}})
+	waitUntil(t, "a creation for each of the batch's functions", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.held) == n
+	})
+	w.mu.Lock()
+	held, batches := w.held, w.batches
+	w.mu.Unlock()
+	for _, h := range held {
+		if h.Function == fmt.Sprintf("b%d", n) {
+			t.Fatalf("a scale request with a stale epoch created sandbox %s", h.SandboxId)
+		}
+	}
+	if batches == 0 {
+		t.Fatalf("%d creations decided at once reached the worker in %d messages, none a batch", n, n)
+	}
+
+	var evs []*pb.WorkerMessage
+	for i, h := range held {
+		epoch := w.epoch
+		if i == 0 {
+			epoch-- // stale: dropped
+		}
+		evs = append(evs, &pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+			Epoch: epoch, Kind: pb.SandboxEvent_KIND_READY, Sandbox: h, CreateMicros: 1000}}})
+	}
+	w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Batch{Batch: &pb.WorkerMessages{Messages: evs}}})
+	waitUntil(t, "an endpoint for each function readied in the batch", func() bool {
+		for _, h := range held[1:] {
+			if len(dp.endpoints(h.Function)) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(50 * time.Millisecond)
+	if eps := dp.endpoints(held[0].Function); len(eps) != 0 {
+		t.Fatalf("a READY with a stale epoch inside a batch routed to %v", eps)
+	}
 }
 
 // A duplicate READY (a retried message) and a stale-epoch event change nothing.

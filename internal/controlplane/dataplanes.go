@@ -191,15 +191,26 @@ func (cp *ControlPlane) handleDataPlaneMessage(s *dataPlaneSession, msg *pb.Data
 		s.acked = max(s.acked, m.Ack.Version)
 		cp.mu.Unlock()
 	case *pb.DataPlaneMessage_Scale:
-		if m.Scale.Epoch != s.epoch {
-			return
-		}
 		cp.mu.Lock()
-		if fn := cp.functions[m.Scale.Function]; fn != nil {
-			fn.lastLoad = now
-			cp.scaleRequest(fn, m.Scale.Queued, m.Scale.InFlight, now)
+		cp.handleScale(s, m.Scale, now)
+		cp.mu.Unlock()
+	case *pb.DataPlaneMessage_Scales:
+		cp.mu.Lock()
+		for _, r := range m.Scales.Requests {
+			cp.handleScale(s, r, now)
 		}
 		cp.mu.Unlock()
+	}
+}
+
+// handleScale handles one scale request. cp.mu held.
+func (cp *ControlPlane) handleScale(s *dataPlaneSession, r *pb.ScaleRequest, now time.Time) {
+	if r.Epoch != s.epoch {
+		return
+	}
+	if fn := cp.functions[r.Function]; fn != nil {
+		fn.lastLoad = now
+		cp.scaleRequest(fn, r.Queued, r.InFlight, now)
 	}
 }
 

@@ -56,11 +56,17 @@ func connectPullWorker(t *testing.T, c pb.ControlPlaneClient, id string) *pullWo
 			if err != nil {
 				return
 			}
-			if p := cmd.GetPrepull(); p != nil {
-				w.mu.Lock()
-				w.pulls = append(w.pulls, p.Function+"="+p.Image)
-				w.epochs = append(w.epochs, cmd.Epoch)
-				w.mu.Unlock()
+			cmds := []*pb.WorkerCommand{cmd}
+			if b := cmd.GetBatch(); b != nil {
+				cmds = b.Commands
+			}
+			for _, cmd := range cmds {
+				if p := cmd.GetPrepull(); p != nil {
+					w.mu.Lock()
+					w.pulls = append(w.pulls, p.Function+"="+p.Image)
+					w.epochs = append(w.epochs, cmd.Epoch)
+					w.mu.Unlock()
+				}
 			}
 		}
 	}()

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/batch"
 )
 
 // workerSession is one open WorkerSession stream.
@@ -88,7 +89,19 @@ func (cp *ControlPlane) workerSender(stream pb.ControlPlane_WorkerSessionServer,
 		if closed {
 			return nil
 		}
-		for _, cmd := range q {
+		if len(q) > 0 && q[0].GetAccepted() != nil {
+			// The session's first message, which the worker waits for
+			// alone: never in a batch.
+			if err := stream.Send(q[0]); err != nil {
+				return err
+			}
+			q = q[1:]
+		}
+		for run := range batch.Split(q) {
+			cmd := run[0]
+			if len(run) > 1 {
+				cmd = &pb.WorkerCommand{Epoch: s.epoch, Cmd: &pb.WorkerCommand_Batch{Batch: &pb.WorkerCommands{Commands: run}}}
+			}
 			if err := stream.Send(cmd); err != nil {
 				return err
 			}
@@ -229,6 +242,19 @@ func (cp *ControlPlane) closeWorkerSession(s *workerSession) {
 func (cp *ControlPlane) handleWorkerMessage(s *workerSession, msg *pb.WorkerMessage) {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
+	if b := msg.GetBatch(); b != nil {
+		for _, m := range b.Messages {
+			if m.GetBatch() == nil {
+				cp.handleWorkerMessageLocked(s, m)
+			}
+		}
+		return
+	}
+	cp.handleWorkerMessageLocked(s, msg)
+}
+
+// handleWorkerMessageLocked handles one message (not a batch). cp.mu held.
+func (cp *ControlPlane) handleWorkerMessageLocked(s *workerSession, msg *pb.WorkerMessage) {
 	w := s.worker
 	if w.session != s {
 		return // a newer session replaced this one

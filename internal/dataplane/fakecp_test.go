@@ -129,6 +129,8 @@ func (f *fakeCP) DataPlaneSession(stream grpc.BidiStreamingServer[controlplanev1
 			switch {
 			case m.GetScale() != nil:
 				f.scales = append(f.scales, m.GetScale())
+			case m.GetScales() != nil:
+				f.scales = append(f.scales, m.GetScales().Requests...)
 			case m.GetLoad() != nil:
 				f.loads = append(f.loads, m.GetLoad())
 			}

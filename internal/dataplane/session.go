@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	controlplanev1 "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/batch"
 )
 
 // The session with the control plane (DataPlaneSession): hello, a full route
@@ -150,21 +151,30 @@ func (d *DataPlane) sendLoop(ctx context.Context, stream grpc.BidiStreamingClien
 	tick := time.NewTicker(d.cfg.ReportInterval)
 	defer tick.Stop()
 	var fns []*function
+	var reqs []*controlplanev1.ScaleRequest
 	sendScales := func() error {
 		fns = d.rt.scale.take(fns)
+		epoch := d.rt.epoch.Load()
 		for _, fn := range fns {
 			queued := fn.queued.Load()
-			m := &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Scale{Scale: &controlplanev1.ScaleRequest{
-				Epoch:    d.rt.epoch.Load(),
+			reqs = append(reqs, &controlplanev1.ScaleRequest{
+				Epoch:    epoch,
 				Function: fn.name,
 				Queued:   queued,
 				InFlight: max(int32(fn.load.level())-queued, 0),
-			}}}
-			if err := stream.Send(m); err != nil {
-				return fmt.Errorf("send scale request: %w", err)
-			}
+			})
 		}
 		clear(fns)
+		defer func() { clear(reqs); reqs = reqs[:0] }()
+		for run := range batch.Split(reqs) {
+			m := &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Scale{Scale: run[0]}}
+			if len(run) > 1 {
+				m.Msg = &controlplanev1.DataPlaneMessage_Scales{Scales: &controlplanev1.ScaleRequests{Requests: run}}
+			}
+			if err := stream.Send(m); err != nil {
+				return fmt.Errorf("send scale requests: %w", err)
+			}
+		}
 		return nil
 	}
 	var acked uint64

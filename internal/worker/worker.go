@@ -23,6 +23,7 @@ import (
 	"time"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/batch"
 	"github.com/batonfaas/baton/internal/cpclient"
 	"github.com/batonfaas/baton/internal/sandbox"
 )
@@ -272,6 +273,14 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 				errc <- err
 				return
 			}
+			if b := cmd.GetBatch(); b != nil {
+				for _, c := range b.Commands {
+					if c.Epoch >= s.epoch && c.GetBatch() == nil {
+						w.handle(life, s, c)
+					}
+				}
+				continue
+			}
 			if cmd.Epoch < s.epoch {
 				continue // from an older session or a deposed leader
 			}
@@ -296,7 +305,11 @@ func (w *Worker) sender(ctx context.Context, stream pb.ControlPlane_WorkerSessio
 		q := s.queue
 		s.queue = nil
 		s.mu.Unlock()
-		for _, m := range q {
+		for run := range batch.Split(q) {
+			m := run[0]
+			if len(run) > 1 {
+				m = &pb.WorkerMessage{Msg: &pb.WorkerMessage_Batch{Batch: &pb.WorkerMessages{Messages: run}}}
+			}
 			if err := stream.Send(m); err != nil {
 				return err
 			}

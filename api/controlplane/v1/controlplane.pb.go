@@ -141,7 +141,7 @@ func (x SandboxEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SandboxEvent_Kind.Descriptor instead.
 func (SandboxEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{21, 0}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{22, 0}
 }
 
 // ScalingSpec holds the autoscaler's parameters (Knative KPA semantics).
@@ -1278,6 +1278,7 @@ type WorkerMessage struct {
 	//	*WorkerMessage_Heartbeat
 	//	*WorkerMessage_Event
 	//	*WorkerMessage_Image
+	//	*WorkerMessage_Batch
 	Msg           isWorkerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1356,6 +1357,15 @@ func (x *WorkerMessage) GetImage() *ImageEvent {
 	return nil
 }
 
+func (x *WorkerMessage) GetBatch() *WorkerMessages {
+	if x != nil {
+		if x, ok := x.Msg.(*WorkerMessage_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isWorkerMessage_Msg interface {
 	isWorkerMessage_Msg()
 }
@@ -1376,6 +1386,10 @@ type WorkerMessage_Image struct {
 	Image *ImageEvent `protobuf:"bytes,4,opt,name=image,proto3,oneof"`
 }
 
+type WorkerMessage_Batch struct {
+	Batch *WorkerMessages `protobuf:"bytes,5,opt,name=batch,proto3,oneof"`
+}
+
 func (*WorkerMessage_Hello) isWorkerMessage_Msg() {}
 
 func (*WorkerMessage_Heartbeat) isWorkerMessage_Msg() {}
@@ -1383,6 +1397,55 @@ func (*WorkerMessage_Heartbeat) isWorkerMessage_Msg() {}
 func (*WorkerMessage_Event) isWorkerMessage_Msg() {}
 
 func (*WorkerMessage_Image) isWorkerMessage_Msg() {}
+
+func (*WorkerMessage_Batch) isWorkerMessage_Msg() {}
+
+// WorkerMessages carries, in order, the messages that queued while the
+// worker's sender was busy: one message on the wire instead of many when
+// sandboxes come and go in bursts. None of them is a hello or a batch.
+type WorkerMessages struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      []*WorkerMessage       `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerMessages) Reset() {
+	*x = WorkerMessages{}
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerMessages) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerMessages) ProtoMessage() {}
+
+func (x *WorkerMessages) ProtoReflect() protoreflect.Message {
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerMessages.ProtoReflect.Descriptor instead.
+func (*WorkerMessages) Descriptor() ([]byte, []int) {
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WorkerMessages) GetMessages() []*WorkerMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
 
 // WorkerHello opens a session. It lists every sandbox the worker runs, so a
 // control plane (a new one, or one that lost the worker for a while) can adopt
@@ -1401,7 +1464,7 @@ type WorkerHello struct {
 
 func (x *WorkerHello) Reset() {
 	*x = WorkerHello{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[18]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1476,7 @@ func (x *WorkerHello) String() string {
 func (*WorkerHello) ProtoMessage() {}
 
 func (x *WorkerHello) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[18]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1489,7 @@ func (x *WorkerHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerHello.ProtoReflect.Descriptor instead.
 func (*WorkerHello) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{18}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WorkerHello) GetWorkerId() string {
@@ -1483,7 +1546,7 @@ type WorkerHeartbeat struct {
 
 func (x *WorkerHeartbeat) Reset() {
 	*x = WorkerHeartbeat{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[19]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1495,7 +1558,7 @@ func (x *WorkerHeartbeat) String() string {
 func (*WorkerHeartbeat) ProtoMessage() {}
 
 func (x *WorkerHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[19]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1508,7 +1571,7 @@ func (x *WorkerHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerHeartbeat.ProtoReflect.Descriptor instead.
 func (*WorkerHeartbeat) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{19}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WorkerHeartbeat) GetEpoch() uint64 {
@@ -1553,7 +1616,7 @@ type SandboxInfo struct {
 
 func (x *SandboxInfo) Reset() {
 	*x = SandboxInfo{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[20]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1628,7 @@ func (x *SandboxInfo) String() string {
 func (*SandboxInfo) ProtoMessage() {}
 
 func (x *SandboxInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[20]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1641,7 @@ func (x *SandboxInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxInfo.ProtoReflect.Descriptor instead.
 func (*SandboxInfo) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{20}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SandboxInfo) GetSandboxId() string {
@@ -1636,7 +1699,7 @@ type SandboxEvent struct {
 
 func (x *SandboxEvent) Reset() {
 	*x = SandboxEvent{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[21]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +1711,7 @@ func (x *SandboxEvent) String() string {
 func (*SandboxEvent) ProtoMessage() {}
 
 func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[21]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +1724,7 @@ func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxEvent.ProtoReflect.Descriptor instead.
 func (*SandboxEvent) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{21}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SandboxEvent) GetEpoch() uint64 {
@@ -1714,7 +1777,7 @@ type ImageEvent struct {
 
 func (x *ImageEvent) Reset() {
 	*x = ImageEvent{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[22]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1789,7 @@ func (x *ImageEvent) String() string {
 func (*ImageEvent) ProtoMessage() {}
 
 func (x *ImageEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[22]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1802,7 @@ func (x *ImageEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageEvent.ProtoReflect.Descriptor instead.
 func (*ImageEvent) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{22}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ImageEvent) GetEpoch() uint64 {
@@ -1786,6 +1849,7 @@ type WorkerCommand struct {
 	//	*WorkerCommand_Create
 	//	*WorkerCommand_Delete
 	//	*WorkerCommand_Prepull
+	//	*WorkerCommand_Batch
 	Cmd           isWorkerCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1793,7 +1857,7 @@ type WorkerCommand struct {
 
 func (x *WorkerCommand) Reset() {
 	*x = WorkerCommand{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[23]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1869,7 @@ func (x *WorkerCommand) String() string {
 func (*WorkerCommand) ProtoMessage() {}
 
 func (x *WorkerCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[23]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1882,7 @@ func (x *WorkerCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerCommand.ProtoReflect.Descriptor instead.
 func (*WorkerCommand) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{23}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WorkerCommand) GetEpoch() uint64 {
@@ -1871,6 +1935,15 @@ func (x *WorkerCommand) GetPrepull() *PrepullImage {
 	return nil
 }
 
+func (x *WorkerCommand) GetBatch() *WorkerCommands {
+	if x != nil {
+		if x, ok := x.Cmd.(*WorkerCommand_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isWorkerCommand_Cmd interface {
 	isWorkerCommand_Cmd()
 }
@@ -1891,6 +1964,10 @@ type WorkerCommand_Prepull struct {
 	Prepull *PrepullImage `protobuf:"bytes,5,opt,name=prepull,proto3,oneof"`
 }
 
+type WorkerCommand_Batch struct {
+	Batch *WorkerCommands `protobuf:"bytes,6,opt,name=batch,proto3,oneof"`
+}
+
 func (*WorkerCommand_Accepted) isWorkerCommand_Cmd() {}
 
 func (*WorkerCommand_Create) isWorkerCommand_Cmd() {}
@@ -1898,6 +1975,55 @@ func (*WorkerCommand_Create) isWorkerCommand_Cmd() {}
 func (*WorkerCommand_Delete) isWorkerCommand_Cmd() {}
 
 func (*WorkerCommand_Prepull) isWorkerCommand_Cmd() {}
+
+func (*WorkerCommand_Batch) isWorkerCommand_Cmd() {}
+
+// WorkerCommands carries, in order, the commands that queued while the
+// control plane's sender was busy (each with its own epoch). None of them is
+// a batch, nor the SessionAccepted, which always comes first and alone.
+type WorkerCommands struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commands      []*WorkerCommand       `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerCommands) Reset() {
+	*x = WorkerCommands{}
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerCommands) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerCommands) ProtoMessage() {}
+
+func (x *WorkerCommands) ProtoReflect() protoreflect.Message {
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerCommands.ProtoReflect.Descriptor instead.
+func (*WorkerCommands) Descriptor() ([]byte, []int) {
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *WorkerCommands) GetCommands() []*WorkerCommand {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
 
 type SessionAccepted struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -1909,7 +2035,7 @@ type SessionAccepted struct {
 
 func (x *SessionAccepted) Reset() {
 	*x = SessionAccepted{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[24]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2047,7 @@ func (x *SessionAccepted) String() string {
 func (*SessionAccepted) ProtoMessage() {}
 
 func (x *SessionAccepted) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[24]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2060,7 @@ func (x *SessionAccepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAccepted.ProtoReflect.Descriptor instead.
 func (*SessionAccepted) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{24}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SessionAccepted) GetEpoch() uint64 {
@@ -1962,7 +2088,7 @@ type CreateSandbox struct {
 
 func (x *CreateSandbox) Reset() {
 	*x = CreateSandbox{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[25]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2100,7 @@ func (x *CreateSandbox) String() string {
 func (*CreateSandbox) ProtoMessage() {}
 
 func (x *CreateSandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[25]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2113,7 @@ func (x *CreateSandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandbox.ProtoReflect.Descriptor instead.
 func (*CreateSandbox) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{25}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateSandbox) GetSandboxId() string {
@@ -2020,7 +2146,7 @@ type DeleteSandbox struct {
 
 func (x *DeleteSandbox) Reset() {
 	*x = DeleteSandbox{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2158,7 @@ func (x *DeleteSandbox) String() string {
 func (*DeleteSandbox) ProtoMessage() {}
 
 func (x *DeleteSandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[26]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2171,7 @@ func (x *DeleteSandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSandbox.ProtoReflect.Descriptor instead.
 func (*DeleteSandbox) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{26}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteSandbox) GetSandboxId() string {
@@ -2070,7 +2196,7 @@ type PrepullImage struct {
 
 func (x *PrepullImage) Reset() {
 	*x = PrepullImage{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2208,7 @@ func (x *PrepullImage) String() string {
 func (*PrepullImage) ProtoMessage() {}
 
 func (x *PrepullImage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[27]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2221,7 @@ func (x *PrepullImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepullImage.ProtoReflect.Descriptor instead.
 func (*PrepullImage) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{27}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PrepullImage) GetFunction() string {
@@ -2120,6 +2246,7 @@ type DataPlaneMessage struct {
 	//	*DataPlaneMessage_Load
 	//	*DataPlaneMessage_Scale
 	//	*DataPlaneMessage_Ack
+	//	*DataPlaneMessage_Scales
 	Msg           isDataPlaneMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2127,7 +2254,7 @@ type DataPlaneMessage struct {
 
 func (x *DataPlaneMessage) Reset() {
 	*x = DataPlaneMessage{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2266,7 @@ func (x *DataPlaneMessage) String() string {
 func (*DataPlaneMessage) ProtoMessage() {}
 
 func (x *DataPlaneMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[28]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2279,7 @@ func (x *DataPlaneMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataPlaneMessage.ProtoReflect.Descriptor instead.
 func (*DataPlaneMessage) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{28}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DataPlaneMessage) GetMsg() isDataPlaneMessage_Msg {
@@ -2198,6 +2325,15 @@ func (x *DataPlaneMessage) GetAck() *RouteAck {
 	return nil
 }
 
+func (x *DataPlaneMessage) GetScales() *ScaleRequests {
+	if x != nil {
+		if x, ok := x.Msg.(*DataPlaneMessage_Scales); ok {
+			return x.Scales
+		}
+	}
+	return nil
+}
+
 type isDataPlaneMessage_Msg interface {
 	isDataPlaneMessage_Msg()
 }
@@ -2218,6 +2354,10 @@ type DataPlaneMessage_Ack struct {
 	Ack *RouteAck `protobuf:"bytes,4,opt,name=ack,proto3,oneof"`
 }
 
+type DataPlaneMessage_Scales struct {
+	Scales *ScaleRequests `protobuf:"bytes,5,opt,name=scales,proto3,oneof"`
+}
+
 func (*DataPlaneMessage_Hello) isDataPlaneMessage_Msg() {}
 
 func (*DataPlaneMessage_Load) isDataPlaneMessage_Msg() {}
@@ -2225,6 +2365,54 @@ func (*DataPlaneMessage_Load) isDataPlaneMessage_Msg() {}
 func (*DataPlaneMessage_Scale) isDataPlaneMessage_Msg() {}
 
 func (*DataPlaneMessage_Ack) isDataPlaneMessage_Msg() {}
+
+func (*DataPlaneMessage_Scales) isDataPlaneMessage_Msg() {}
+
+// ScaleRequests carries the scale requests of every function that needed
+// one since the data plane's sender last sent.
+type ScaleRequests struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      []*ScaleRequest        `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleRequests) Reset() {
+	*x = ScaleRequests{}
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleRequests) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleRequests) ProtoMessage() {}
+
+func (x *ScaleRequests) ProtoReflect() protoreflect.Message {
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleRequests.ProtoReflect.Descriptor instead.
+func (*ScaleRequests) Descriptor() ([]byte, []int) {
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ScaleRequests) GetRequests() []*ScaleRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
 
 // RouteAck says which route versions a data plane has applied: every route
 // with a version up to this one. Deploy and delete wait (briefly) for every
@@ -2240,7 +2428,7 @@ type RouteAck struct {
 
 func (x *RouteAck) Reset() {
 	*x = RouteAck{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2440,7 @@ func (x *RouteAck) String() string {
 func (*RouteAck) ProtoMessage() {}
 
 func (x *RouteAck) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[29]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2453,7 @@ func (x *RouteAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteAck.ProtoReflect.Descriptor instead.
 func (*RouteAck) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{29}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RouteAck) GetEpoch() uint64 {
@@ -2298,7 +2486,7 @@ type DataPlaneHello struct {
 
 func (x *DataPlaneHello) Reset() {
 	*x = DataPlaneHello{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2498,7 @@ func (x *DataPlaneHello) String() string {
 func (*DataPlaneHello) ProtoMessage() {}
 
 func (x *DataPlaneHello) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[30]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2511,7 @@ func (x *DataPlaneHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataPlaneHello.ProtoReflect.Descriptor instead.
 func (*DataPlaneHello) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{30}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DataPlaneHello) GetDataPlaneId() string {
@@ -2367,7 +2555,7 @@ type LoadReport struct {
 
 func (x *LoadReport) Reset() {
 	*x = LoadReport{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2379,7 +2567,7 @@ func (x *LoadReport) String() string {
 func (*LoadReport) ProtoMessage() {}
 
 func (x *LoadReport) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[31]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2392,7 +2580,7 @@ func (x *LoadReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadReport.ProtoReflect.Descriptor instead.
 func (*LoadReport) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{31}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LoadReport) GetEpoch() uint64 {
@@ -2429,7 +2617,7 @@ type FunctionLoad struct {
 
 func (x *FunctionLoad) Reset() {
 	*x = FunctionLoad{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2629,7 @@ func (x *FunctionLoad) String() string {
 func (*FunctionLoad) ProtoMessage() {}
 
 func (x *FunctionLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[32]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2642,7 @@ func (x *FunctionLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionLoad.ProtoReflect.Descriptor instead.
 func (*FunctionLoad) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{32}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FunctionLoad) GetFunction() string {
@@ -2506,7 +2694,7 @@ type ScaleRequest struct {
 
 func (x *ScaleRequest) Reset() {
 	*x = ScaleRequest{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2518,7 +2706,7 @@ func (x *ScaleRequest) String() string {
 func (*ScaleRequest) ProtoMessage() {}
 
 func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[33]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2531,7 +2719,7 @@ func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleRequest.ProtoReflect.Descriptor instead.
 func (*ScaleRequest) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{33}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ScaleRequest) GetEpoch() uint64 {
@@ -2573,7 +2761,7 @@ type RouteUpdate struct {
 
 func (x *RouteUpdate) Reset() {
 	*x = RouteUpdate{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[34]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2773,7 @@ func (x *RouteUpdate) String() string {
 func (*RouteUpdate) ProtoMessage() {}
 
 func (x *RouteUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[34]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2786,7 @@ func (x *RouteUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteUpdate.ProtoReflect.Descriptor instead.
 func (*RouteUpdate) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{34}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RouteUpdate) GetEpoch() uint64 {
@@ -2641,7 +2829,7 @@ type FunctionRoute struct {
 
 func (x *FunctionRoute) Reset() {
 	*x = FunctionRoute{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[35]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2653,7 +2841,7 @@ func (x *FunctionRoute) String() string {
 func (*FunctionRoute) ProtoMessage() {}
 
 func (x *FunctionRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[35]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2666,7 +2854,7 @@ func (x *FunctionRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionRoute.ProtoReflect.Descriptor instead.
 func (*FunctionRoute) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{35}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *FunctionRoute) GetName() string {
@@ -2744,7 +2932,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[36]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2756,7 +2944,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[36]
+	mi := &file_api_controlplane_v1_controlplane_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2769,7 +2957,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{36}
+	return file_api_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Endpoint) GetSandboxId() string {
@@ -2896,13 +3084,16 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\x0ecpu_millicores\x18\x01 \x01(\x03R\rcpuMillicores\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x1c\n" +
-	"\tsandboxes\x18\x03 \x01(\x05R\tsandboxes\"\x92\x02\n" +
+	"\tsandboxes\x18\x03 \x01(\x05R\tsandboxes\"\xd1\x02\n" +
 	"\rWorkerMessage\x12:\n" +
 	"\x05hello\x18\x01 \x01(\v2\".baton.controlplane.v1.WorkerHelloH\x00R\x05hello\x12F\n" +
 	"\theartbeat\x18\x02 \x01(\v2&.baton.controlplane.v1.WorkerHeartbeatH\x00R\theartbeat\x12;\n" +
 	"\x05event\x18\x03 \x01(\v2#.baton.controlplane.v1.SandboxEventH\x00R\x05event\x129\n" +
-	"\x05image\x18\x04 \x01(\v2!.baton.controlplane.v1.ImageEventH\x00R\x05imageB\x05\n" +
-	"\x03msg\"\xff\x01\n" +
+	"\x05image\x18\x04 \x01(\v2!.baton.controlplane.v1.ImageEventH\x00R\x05image\x12=\n" +
+	"\x05batch\x18\x05 \x01(\v2%.baton.controlplane.v1.WorkerMessagesH\x00R\x05batchB\x05\n" +
+	"\x03msg\"R\n" +
+	"\x0eWorkerMessages\x12@\n" +
+	"\bmessages\x18\x01 \x03(\v2$.baton.controlplane.v1.WorkerMessageR\bmessages\"\xff\x01\n" +
 	"\vWorkerHello\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x18\n" +
@@ -2946,14 +3137,17 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\bfunction\x18\x02 \x01(\tR\bfunction\x12\x14\n" +
 	"\x05image\x18\x03 \x01(\tR\x05image\x12\x0e\n" +
 	"\x02ok\x18\x04 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xb3\x02\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xf2\x02\n" +
 	"\rWorkerCommand\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12D\n" +
 	"\baccepted\x18\x02 \x01(\v2&.baton.controlplane.v1.SessionAcceptedH\x00R\baccepted\x12>\n" +
 	"\x06create\x18\x03 \x01(\v2$.baton.controlplane.v1.CreateSandboxH\x00R\x06create\x12>\n" +
 	"\x06delete\x18\x04 \x01(\v2$.baton.controlplane.v1.DeleteSandboxH\x00R\x06delete\x12?\n" +
-	"\aprepull\x18\x05 \x01(\v2#.baton.controlplane.v1.PrepullImageH\x00R\aprepullB\x05\n" +
-	"\x03cmd\"[\n" +
+	"\aprepull\x18\x05 \x01(\v2#.baton.controlplane.v1.PrepullImageH\x00R\aprepull\x12=\n" +
+	"\x05batch\x18\x06 \x01(\v2%.baton.controlplane.v1.WorkerCommandsH\x00R\x05batchB\x05\n" +
+	"\x03cmd\"R\n" +
+	"\x0eWorkerCommands\x12@\n" +
+	"\bcommands\x18\x01 \x03(\v2$.baton.controlplane.v1.WorkerCommandR\bcommands\"[\n" +
 	"\x0fSessionAccepted\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\"\x87\x01\n" +
@@ -2969,13 +3163,16 @@ const file_api_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"@\n" +
 	"\fPrepullImage\x12\x1a\n" +
 	"\bfunction\x18\x01 \x01(\tR\bfunction\x12\x14\n" +
-	"\x05image\x18\x02 \x01(\tR\x05image\"\x83\x02\n" +
+	"\x05image\x18\x02 \x01(\tR\x05image\"\xc3\x02\n" +
 	"\x10DataPlaneMessage\x12=\n" +
 	"\x05hello\x18\x01 \x01(\v2%.baton.controlplane.v1.DataPlaneHelloH\x00R\x05hello\x127\n" +
 	"\x04load\x18\x02 \x01(\v2!.baton.controlplane.v1.LoadReportH\x00R\x04load\x12;\n" +
 	"\x05scale\x18\x03 \x01(\v2#.baton.controlplane.v1.ScaleRequestH\x00R\x05scale\x123\n" +
-	"\x03ack\x18\x04 \x01(\v2\x1f.baton.controlplane.v1.RouteAckH\x00R\x03ackB\x05\n" +
-	"\x03msg\":\n" +
+	"\x03ack\x18\x04 \x01(\v2\x1f.baton.controlplane.v1.RouteAckH\x00R\x03ack\x12>\n" +
+	"\x06scales\x18\x05 \x01(\v2$.baton.controlplane.v1.ScaleRequestsH\x00R\x06scalesB\x05\n" +
+	"\x03msg\"P\n" +
+	"\rScaleRequests\x12?\n" +
+	"\brequests\x18\x01 \x03(\v2#.baton.controlplane.v1.ScaleRequestR\brequests\":\n" +
 	"\bRouteAck\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"\x87\x01\n" +
@@ -3052,7 +3249,7 @@ func file_api_controlplane_v1_controlplane_proto_rawDescGZIP() []byte {
 }
 
 var file_api_controlplane_v1_controlplane_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_api_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_api_controlplane_v1_controlplane_proto_goTypes = []any{
 	(RetryPolicy)(0),               // 0: baton.controlplane.v1.RetryPolicy
 	(SandboxEvent_Kind)(0),         // 1: baton.controlplane.v1.SandboxEvent.Kind
@@ -3074,29 +3271,32 @@ var file_api_controlplane_v1_controlplane_proto_goTypes = []any{
 	(*DataPlaneStatus)(nil),        // 17: baton.controlplane.v1.DataPlaneStatus
 	(*Resources)(nil),              // 18: baton.controlplane.v1.Resources
 	(*WorkerMessage)(nil),          // 19: baton.controlplane.v1.WorkerMessage
-	(*WorkerHello)(nil),            // 20: baton.controlplane.v1.WorkerHello
-	(*WorkerHeartbeat)(nil),        // 21: baton.controlplane.v1.WorkerHeartbeat
-	(*SandboxInfo)(nil),            // 22: baton.controlplane.v1.SandboxInfo
-	(*SandboxEvent)(nil),           // 23: baton.controlplane.v1.SandboxEvent
-	(*ImageEvent)(nil),             // 24: baton.controlplane.v1.ImageEvent
-	(*WorkerCommand)(nil),          // 25: baton.controlplane.v1.WorkerCommand
-	(*SessionAccepted)(nil),        // 26: baton.controlplane.v1.SessionAccepted
-	(*CreateSandbox)(nil),          // 27: baton.controlplane.v1.CreateSandbox
-	(*DeleteSandbox)(nil),          // 28: baton.controlplane.v1.DeleteSandbox
-	(*PrepullImage)(nil),           // 29: baton.controlplane.v1.PrepullImage
-	(*DataPlaneMessage)(nil),       // 30: baton.controlplane.v1.DataPlaneMessage
-	(*RouteAck)(nil),               // 31: baton.controlplane.v1.RouteAck
-	(*DataPlaneHello)(nil),         // 32: baton.controlplane.v1.DataPlaneHello
-	(*LoadReport)(nil),             // 33: baton.controlplane.v1.LoadReport
-	(*FunctionLoad)(nil),           // 34: baton.controlplane.v1.FunctionLoad
-	(*ScaleRequest)(nil),           // 35: baton.controlplane.v1.ScaleRequest
-	(*RouteUpdate)(nil),            // 36: baton.controlplane.v1.RouteUpdate
-	(*FunctionRoute)(nil),          // 37: baton.controlplane.v1.FunctionRoute
-	(*Endpoint)(nil),               // 38: baton.controlplane.v1.Endpoint
-	nil,                            // 39: baton.controlplane.v1.FunctionSpec.EnvEntry
+	(*WorkerMessages)(nil),         // 20: baton.controlplane.v1.WorkerMessages
+	(*WorkerHello)(nil),            // 21: baton.controlplane.v1.WorkerHello
+	(*WorkerHeartbeat)(nil),        // 22: baton.controlplane.v1.WorkerHeartbeat
+	(*SandboxInfo)(nil),            // 23: baton.controlplane.v1.SandboxInfo
+	(*SandboxEvent)(nil),           // 24: baton.controlplane.v1.SandboxEvent
+	(*ImageEvent)(nil),             // 25: baton.controlplane.v1.ImageEvent
+	(*WorkerCommand)(nil),          // 26: baton.controlplane.v1.WorkerCommand
+	(*WorkerCommands)(nil),         // 27: baton.controlplane.v1.WorkerCommands
+	(*SessionAccepted)(nil),        // 28: baton.controlplane.v1.SessionAccepted
+	(*CreateSandbox)(nil),          // 29: baton.controlplane.v1.CreateSandbox
+	(*DeleteSandbox)(nil),          // 30: baton.controlplane.v1.DeleteSandbox
+	(*PrepullImage)(nil),           // 31: baton.controlplane.v1.PrepullImage
+	(*DataPlaneMessage)(nil),       // 32: baton.controlplane.v1.DataPlaneMessage
+	(*ScaleRequests)(nil),          // 33: baton.controlplane.v1.ScaleRequests
+	(*RouteAck)(nil),               // 34: baton.controlplane.v1.RouteAck
+	(*DataPlaneHello)(nil),         // 35: baton.controlplane.v1.DataPlaneHello
+	(*LoadReport)(nil),             // 36: baton.controlplane.v1.LoadReport
+	(*FunctionLoad)(nil),           // 37: baton.controlplane.v1.FunctionLoad
+	(*ScaleRequest)(nil),           // 38: baton.controlplane.v1.ScaleRequest
+	(*RouteUpdate)(nil),            // 39: baton.controlplane.v1.RouteUpdate
+	(*FunctionRoute)(nil),          // 40: baton.controlplane.v1.FunctionRoute
+	(*Endpoint)(nil),               // 41: baton.controlplane.v1.Endpoint
+	nil,                            // 42: baton.controlplane.v1.FunctionSpec.EnvEntry
 }
 var file_api_controlplane_v1_controlplane_proto_depIdxs = []int32{
-	39, // 0: baton.controlplane.v1.FunctionSpec.env:type_name -> baton.controlplane.v1.FunctionSpec.EnvEntry
+	42, // 0: baton.controlplane.v1.FunctionSpec.env:type_name -> baton.controlplane.v1.FunctionSpec.EnvEntry
 	2,  // 1: baton.controlplane.v1.FunctionSpec.scaling:type_name -> baton.controlplane.v1.ScalingSpec
 	0,  // 2: baton.controlplane.v1.FunctionSpec.retry:type_name -> baton.controlplane.v1.RetryPolicy
 	3,  // 3: baton.controlplane.v1.Function.spec:type_name -> baton.controlplane.v1.FunctionSpec
@@ -3110,47 +3310,53 @@ var file_api_controlplane_v1_controlplane_proto_depIdxs = []int32{
 	17, // 11: baton.controlplane.v1.ClusterStatus.data_planes:type_name -> baton.controlplane.v1.DataPlaneStatus
 	18, // 12: baton.controlplane.v1.WorkerStatus.capacity:type_name -> baton.controlplane.v1.Resources
 	18, // 13: baton.controlplane.v1.WorkerStatus.used:type_name -> baton.controlplane.v1.Resources
-	20, // 14: baton.controlplane.v1.WorkerMessage.hello:type_name -> baton.controlplane.v1.WorkerHello
-	21, // 15: baton.controlplane.v1.WorkerMessage.heartbeat:type_name -> baton.controlplane.v1.WorkerHeartbeat
-	23, // 16: baton.controlplane.v1.WorkerMessage.event:type_name -> baton.controlplane.v1.SandboxEvent
-	24, // 17: baton.controlplane.v1.WorkerMessage.image:type_name -> baton.controlplane.v1.ImageEvent
-	18, // 18: baton.controlplane.v1.WorkerHello.capacity:type_name -> baton.controlplane.v1.Resources
-	22, // 19: baton.controlplane.v1.WorkerHello.sandboxes:type_name -> baton.controlplane.v1.SandboxInfo
-	18, // 20: baton.controlplane.v1.WorkerHeartbeat.used:type_name -> baton.controlplane.v1.Resources
-	1,  // 21: baton.controlplane.v1.SandboxEvent.kind:type_name -> baton.controlplane.v1.SandboxEvent.Kind
-	22, // 22: baton.controlplane.v1.SandboxEvent.sandbox:type_name -> baton.controlplane.v1.SandboxInfo
-	26, // 23: baton.controlplane.v1.WorkerCommand.accepted:type_name -> baton.controlplane.v1.SessionAccepted
-	27, // 24: baton.controlplane.v1.WorkerCommand.create:type_name -> baton.controlplane.v1.CreateSandbox
-	28, // 25: baton.controlplane.v1.WorkerCommand.delete:type_name -> baton.controlplane.v1.DeleteSandbox
-	29, // 26: baton.controlplane.v1.WorkerCommand.prepull:type_name -> baton.controlplane.v1.PrepullImage
-	3,  // 27: baton.controlplane.v1.CreateSandbox.spec:type_name -> baton.controlplane.v1.FunctionSpec
-	32, // 28: baton.controlplane.v1.DataPlaneMessage.hello:type_name -> baton.controlplane.v1.DataPlaneHello
-	33, // 29: baton.controlplane.v1.DataPlaneMessage.load:type_name -> baton.controlplane.v1.LoadReport
-	35, // 30: baton.controlplane.v1.DataPlaneMessage.scale:type_name -> baton.controlplane.v1.ScaleRequest
-	31, // 31: baton.controlplane.v1.DataPlaneMessage.ack:type_name -> baton.controlplane.v1.RouteAck
-	34, // 32: baton.controlplane.v1.LoadReport.functions:type_name -> baton.controlplane.v1.FunctionLoad
-	37, // 33: baton.controlplane.v1.RouteUpdate.functions:type_name -> baton.controlplane.v1.FunctionRoute
-	38, // 34: baton.controlplane.v1.FunctionRoute.endpoints:type_name -> baton.controlplane.v1.Endpoint
-	0,  // 35: baton.controlplane.v1.FunctionRoute.retry:type_name -> baton.controlplane.v1.RetryPolicy
-	7,  // 36: baton.controlplane.v1.ControlPlane.DeployFunction:input_type -> baton.controlplane.v1.DeployFunctionRequest
-	9,  // 37: baton.controlplane.v1.ControlPlane.GetFunction:input_type -> baton.controlplane.v1.GetFunctionRequest
-	10, // 38: baton.controlplane.v1.ControlPlane.ListFunctions:input_type -> baton.controlplane.v1.ListFunctionsRequest
-	12, // 39: baton.controlplane.v1.ControlPlane.DeleteFunction:input_type -> baton.controlplane.v1.DeleteFunctionRequest
-	14, // 40: baton.controlplane.v1.ControlPlane.GetStatus:input_type -> baton.controlplane.v1.GetStatusRequest
-	19, // 41: baton.controlplane.v1.ControlPlane.WorkerSession:input_type -> baton.controlplane.v1.WorkerMessage
-	30, // 42: baton.controlplane.v1.ControlPlane.DataPlaneSession:input_type -> baton.controlplane.v1.DataPlaneMessage
-	8,  // 43: baton.controlplane.v1.ControlPlane.DeployFunction:output_type -> baton.controlplane.v1.DeployFunctionResponse
-	4,  // 44: baton.controlplane.v1.ControlPlane.GetFunction:output_type -> baton.controlplane.v1.Function
-	11, // 45: baton.controlplane.v1.ControlPlane.ListFunctions:output_type -> baton.controlplane.v1.ListFunctionsResponse
-	13, // 46: baton.controlplane.v1.ControlPlane.DeleteFunction:output_type -> baton.controlplane.v1.DeleteFunctionResponse
-	15, // 47: baton.controlplane.v1.ControlPlane.GetStatus:output_type -> baton.controlplane.v1.ClusterStatus
-	25, // 48: baton.controlplane.v1.ControlPlane.WorkerSession:output_type -> baton.controlplane.v1.WorkerCommand
-	36, // 49: baton.controlplane.v1.ControlPlane.DataPlaneSession:output_type -> baton.controlplane.v1.RouteUpdate
-	43, // [43:50] is the sub-list for method output_type
-	36, // [36:43] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	21, // 14: baton.controlplane.v1.WorkerMessage.hello:type_name -> baton.controlplane.v1.WorkerHello
+	22, // 15: baton.controlplane.v1.WorkerMessage.heartbeat:type_name -> baton.controlplane.v1.WorkerHeartbeat
+	24, // 16: baton.controlplane.v1.WorkerMessage.event:type_name -> baton.controlplane.v1.SandboxEvent
+	25, // 17: baton.controlplane.v1.WorkerMessage.image:type_name -> baton.controlplane.v1.ImageEvent
+	20, // 18: baton.controlplane.v1.WorkerMessage.batch:type_name -> baton.controlplane.v1.WorkerMessages
+	19, // 19: baton.controlplane.v1.WorkerMessages.messages:type_name -> baton.controlplane.v1.WorkerMessage
+	18, // 20: baton.controlplane.v1.WorkerHello.capacity:type_name -> baton.controlplane.v1.Resources
+	23, // 21: baton.controlplane.v1.WorkerHello.sandboxes:type_name -> baton.controlplane.v1.SandboxInfo
+	18, // 22: baton.controlplane.v1.WorkerHeartbeat.used:type_name -> baton.controlplane.v1.Resources
+	1,  // 23: baton.controlplane.v1.SandboxEvent.kind:type_name -> baton.controlplane.v1.SandboxEvent.Kind
+	23, // 24: baton.controlplane.v1.SandboxEvent.sandbox:type_name -> baton.controlplane.v1.SandboxInfo
+	28, // 25: baton.controlplane.v1.WorkerCommand.accepted:type_name -> baton.controlplane.v1.SessionAccepted
+	29, // 26: baton.controlplane.v1.WorkerCommand.create:type_name -> baton.controlplane.v1.CreateSandbox
+	30, // 27: baton.controlplane.v1.WorkerCommand.delete:type_name -> baton.controlplane.v1.DeleteSandbox
+	31, // 28: baton.controlplane.v1.WorkerCommand.prepull:type_name -> baton.controlplane.v1.PrepullImage
+	27, // 29: baton.controlplane.v1.WorkerCommand.batch:type_name -> baton.controlplane.v1.WorkerCommands
+	26, // 30: baton.controlplane.v1.WorkerCommands.commands:type_name -> baton.controlplane.v1.WorkerCommand
+	3,  // 31: baton.controlplane.v1.CreateSandbox.spec:type_name -> baton.controlplane.v1.FunctionSpec
+	35, // 32: baton.controlplane.v1.DataPlaneMessage.hello:type_name -> baton.controlplane.v1.DataPlaneHello
+	36, // 33: baton.controlplane.v1.DataPlaneMessage.load:type_name -> baton.controlplane.v1.LoadReport
+	38, // 34: baton.controlplane.v1.DataPlaneMessage.scale:type_name -> baton.controlplane.v1.ScaleRequest
+	34, // 35: baton.controlplane.v1.DataPlaneMessage.ack:type_name -> baton.controlplane.v1.RouteAck
+	33, // 36: baton.controlplane.v1.DataPlaneMessage.scales:type_name -> baton.controlplane.v1.ScaleRequests
+	38, // 37: baton.controlplane.v1.ScaleRequests.requests:type_name -> baton.controlplane.v1.ScaleRequest
+	37, // 38: baton.controlplane.v1.LoadReport.functions:type_name -> baton.controlplane.v1.FunctionLoad
+	40, // 39: baton.controlplane.v1.RouteUpdate.functions:type_name -> baton.controlplane.v1.FunctionRoute
+	41, // 40: baton.controlplane.v1.FunctionRoute.endpoints:type_name -> baton.controlplane.v1.Endpoint
+	0,  // 41: baton.controlplane.v1.FunctionRoute.retry:type_name -> baton.controlplane.v1.RetryPolicy
+	7,  // 42: baton.controlplane.v1.ControlPlane.DeployFunction:input_type -> baton.controlplane.v1.DeployFunctionRequest
+	9,  // 43: baton.controlplane.v1.ControlPlane.GetFunction:input_type -> baton.controlplane.v1.GetFunctionRequest
+	10, // 44: baton.controlplane.v1.ControlPlane.ListFunctions:input_type -> baton.controlplane.v1.ListFunctionsRequest
+	12, // 45: baton.controlplane.v1.ControlPlane.DeleteFunction:input_type -> baton.controlplane.v1.DeleteFunctionRequest
+	14, // 46: baton.controlplane.v1.ControlPlane.GetStatus:input_type -> baton.controlplane.v1.GetStatusRequest
+	19, // 47: baton.controlplane.v1.ControlPlane.WorkerSession:input_type -> baton.controlplane.v1.WorkerMessage
+	32, // 48: baton.controlplane.v1.ControlPlane.DataPlaneSession:input_type -> baton.controlplane.v1.DataPlaneMessage
+	8,  // 49: baton.controlplane.v1.ControlPlane.DeployFunction:output_type -> baton.controlplane.v1.DeployFunctionResponse
+	4,  // 50: baton.controlplane.v1.ControlPlane.GetFunction:output_type -> baton.controlplane.v1.Function
+	11, // 51: baton.controlplane.v1.ControlPlane.ListFunctions:output_type -> baton.controlplane.v1.ListFunctionsResponse
+	13, // 52: baton.controlplane.v1.ControlPlane.DeleteFunction:output_type -> baton.controlplane.v1.DeleteFunctionResponse
+	15, // 53: baton.controlplane.v1.ControlPlane.GetStatus:output_type -> baton.controlplane.v1.ClusterStatus
+	26, // 54: baton.controlplane.v1.ControlPlane.WorkerSession:output_type -> baton.controlplane.v1.WorkerCommand
+	39, // 55: baton.controlplane.v1.ControlPlane.DataPlaneSession:output_type -> baton.controlplane.v1.RouteUpdate
+	49, // [49:56] is the sub-list for method output_type
+	42, // [42:49] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_api_controlplane_v1_controlplane_proto_init() }
@@ -3163,18 +3369,21 @@ func file_api_controlplane_v1_controlplane_proto_init() {
 		(*WorkerMessage_Heartbeat)(nil),
 		(*WorkerMessage_Event)(nil),
 		(*WorkerMessage_Image)(nil),
+		(*WorkerMessage_Batch)(nil),
 	}
-	file_api_controlplane_v1_controlplane_proto_msgTypes[23].OneofWrappers = []any{
+	file_api_controlplane_v1_controlplane_proto_msgTypes[24].OneofWrappers = []any{
 		(*WorkerCommand_Accepted)(nil),
 		(*WorkerCommand_Create)(nil),
 		(*WorkerCommand_Delete)(nil),
 		(*WorkerCommand_Prepull)(nil),
+		(*WorkerCommand_Batch)(nil),
 	}
-	file_api_controlplane_v1_controlplane_proto_msgTypes[28].OneofWrappers = []any{
+	file_api_controlplane_v1_controlplane_proto_msgTypes[30].OneofWrappers = []any{
 		(*DataPlaneMessage_Hello)(nil),
 		(*DataPlaneMessage_Load)(nil),
 		(*DataPlaneMessage_Scale)(nil),
 		(*DataPlaneMessage_Ack)(nil),
+		(*DataPlaneMessage_Scales)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3182,7 +3391,7 @@ func file_api_controlplane_v1_controlplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_controlplane_v1_controlplane_proto_rawDesc), len(file_api_controlplane_v1_controlplane_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,130 @@
+package worker
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/sandbox"
+	"github.com/batonfaas/baton/internal/sandbox/fake"
+)
+
+// cpStub is a control plane that accepts one worker session, sends it
+// what the test queues, and records every sandbox event it gets, batched
+// or not.
+type cpStub struct {
+	pb.UnimplementedControlPlaneServer
+	epoch uint64
+	out   chan *pb.WorkerCommand
+
+	mu      sync.Mutex
+	events  []*pb.SandboxEvent
+	batches int // WorkerMessages received
+}
+
+func (c *cpStub) WorkerSession(stream pb.ControlPlane_WorkerSessionServer) error {
+	if _, err := stream.Recv(); err != nil { // the hello
+		return err
+	}
+	if err := stream.Send(&pb.WorkerCommand{Epoch: c.epoch, Cmd: &pb.WorkerCommand_Accepted{
+		Accepted: &pb.SessionAccepted{Epoch: c.epoch, HeartbeatIntervalMs: 1000}}}); err != nil {
+		return err
+	}
+	go func() {
+		for cmd := range c.out {
+			stream.Send(cmd)
+		}
+	}()
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		msgs := []*pb.WorkerMessage{m}
+		c.mu.Lock()
+		if b := m.GetBatch(); b != nil {
+			msgs = b.Messages
+			c.batches++
+		}
+		for _, m := range msgs {
+			if ev := m.GetEvent(); ev != nil {
+				c.events = append(c.events, ev)
+			}
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *cpStub) ready() map[string]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]bool{}
+	for _, ev := range c.events {
+		if ev.Kind == pb.SandboxEvent_KIND_READY {
+			out[ev.Sandbox.SandboxId] = true
+		}
+	}
+	return out
+}
+
+func create(epoch uint64, id string) *pb.WorkerCommand {
+	return &pb.WorkerCommand{Epoch: epoch, Cmd: &pb.WorkerCommand_Create{Create: &pb.CreateSandbox{
+		SandboxId: id, Generation: 1, Spec: &pb.FunctionSpec{Name: "f", Image: "fake", CpuMillicores: 100, MemoryMib: 64}}}}
+}
+
+// A batch of commands is carried out command by command (one with a stale
+// epoch is dropped), and the sandbox events of a burst go back batched.
+func TestWorkerBatches(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stub := &cpStub{epoch: 7, out: make(chan *pb.WorkerCommand, 4)}
+	srv := grpc.NewServer()
+	pb.RegisterControlPlaneServer(srv, stub)
+	go srv.Serve(ln)
+	defer srv.Stop()
+	defer close(stub.out)
+
+	w, err := New(Config{ID: "w", ControlPlane: ln.Addr().String(), MaxCreations: 64,
+		Capacity: Resources{CPUMillicores: 100000, MemoryMiB: 100000, Sandboxes: 1000},
+		NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+			return fake.New(fake.Config{Delay: 20 * time.Millisecond, OnExit: onExit})
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	const n = 30
+	cmds := []*pb.WorkerCommand{create(6, "stale")}
+	for i := range n {
+		cmds = append(cmds, create(7, "sb-"+string(rune('a'+i))))
+	}
+	stub.out <- &pb.WorkerCommand{Epoch: 7, Cmd: &pb.WorkerCommand_Batch{Batch: &pb.WorkerCommands{Commands: cmds}}}
+
+	deadline := time.Now().Add(10 * time.Second)
+	for len(stub.ready()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d sandboxes of the batch reported ready within 10s", len(stub.ready()), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if stub.ready()["stale"] {
+		t.Fatal("a command with a stale epoch inside a batch created its sandbox")
+	}
+	stub.mu.Lock()
+	batches := stub.batches
+	stub.mu.Unlock()
+	if batches == 0 {
+		t.Fatalf("%d sandboxes ready within the same few milliseconds: no event batched", n)
+	}
+}
