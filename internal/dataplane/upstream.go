@@ -3,6 +3,7 @@ package dataplane
 import (
 	"bufio"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
@@ -39,6 +40,8 @@ const (
 
 type upstreams struct {
 	pools sync.Map // address → *upPool
+	// dialer dials a sandbox (net.Dialer.Dial; tests replace it).
+	dialer func(d net.Dialer, addr string) (net.Conn, error)
 
 	reapScratch []*upConn // the reaper's (one goroutine)
 }
@@ -47,10 +50,12 @@ type upPool struct {
 	addr string
 
 	mu      sync.Mutex
-	idle    []*upConn // oldest first
-	out     int       // connections handed out (or being dialled)
-	lastPut int64     // unix ns
-	dead    bool      // dropped from the map: connections coming back are closed
+	idle    []*upConn      // oldest first
+	out     int            // connections handed out (or being dialled)
+	dialing int            // dials in flight (at most maxDials)
+	waiters []chan *upConn // requests waiting for a connection or a dial slot, first first
+	lastPut int64          // unix ns
+	dead    bool           // dropped from the map: connections coming back are closed
 }
 
 // upConn is one keep-alive connection to a sandbox, owned by one request at
@@ -79,7 +84,12 @@ func (u *upstreams) pool(addr string) *upPool {
 }
 
 // get returns an idle connection to addr or dials one; deadline (unix ns)
-// bounds the dial. now is the caller's clock (unix ns).
+// bounds the dial and the wait for one. now is the caller's clock (unix ns).
+// At most maxDials dials to one address are in flight: beyond that the
+// request waits for a connection coming back or a dial slot, so that a
+// burst of requests released to one sandbox at once (the queue of a cold
+// start, a high-concurrency function) reuses connections as they come back
+// instead of dialling as many as there are requests at the same instant.
 func (u *upstreams) get(addr string, now, deadline int64) (*upConn, error) {
 	for {
 		p := u.pool(addr)
@@ -88,12 +98,17 @@ func (u *upstreams) get(addr string, now, deadline int64) (*upConn, error) {
 			p.mu.Unlock()
 			continue // the reaper just dropped it; a new one is in the map
 		}
-		p.out++
 		n := len(p.idle)
 		if n == 0 {
-			p.mu.Unlock()
-			return u.dial(p, deadline)
+			if p.dialing < maxDials {
+				p.dialing++
+				p.out++
+				p.mu.Unlock()
+				return u.dial(p, deadline)
+			}
+			return u.wait(p, deadline)
 		}
+		p.out++
 		uc := p.idle[n-1]
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
@@ -107,15 +122,89 @@ func (u *upstreams) get(addr string, now, deadline int64) (*upConn, error) {
 	}
 }
 
+// maxDials bounds the dials in flight to one address (see get).
+const maxDials = 8
+
+// wait queues for a connection another request puts back, or for a dial
+// slot, until deadline. p.mu held; wait releases it.
+func (u *upstreams) wait(p *upPool, deadline int64) (*upConn, error) {
+	ch := make(chan *upConn, 1)
+	p.waiters = append(p.waiters, ch)
+	p.mu.Unlock()
+	t := time.NewTimer(time.Until(time.Unix(0, deadline)))
+	defer t.Stop()
+	var uc *upConn
+	select {
+	case uc = <-ch:
+	case <-t.C:
+		p.mu.Lock()
+		if i := slices.Index(p.waiters, ch); i >= 0 {
+			p.waiters = slices.Delete(p.waiters, i, i+1)
+			p.mu.Unlock()
+			return nil, os.ErrDeadlineExceeded
+		}
+		p.mu.Unlock()
+		// Handed something as the timer fired: give it back.
+		if uc = <-ch; uc != nil {
+			uc.put(time.Now().UnixNano())
+		} else {
+			p.mu.Lock()
+			p.out-- // no dial after all
+			p.mu.Unlock()
+			p.dialDone()
+		}
+		return nil, os.ErrDeadlineExceeded
+	}
+	if uc == nil { // a dial slot, and p.out counts this request
+		return u.dial(p, deadline)
+	}
+	uc.reused = true
+	return uc, nil
+}
+
+// handOff gives what a request frees (a connection, or a dial slot when uc
+// is nil) to the first waiter, and says whether there was one. p.mu held.
+func (p *upPool) handOff(uc *upConn) bool {
+	if len(p.waiters) == 0 {
+		return false
+	}
+	ch := p.waiters[0]
+	p.waiters[0] = nil
+	p.waiters = p.waiters[1:]
+	ch <- uc
+	return true
+}
+
+// dialDone frees a dial slot: the first waiter takes it (counted in p.out
+// from now, for its dial), or it is free again.
+func (p *upPool) dialDone() {
+	p.mu.Lock()
+	if len(p.waiters) > 0 {
+		p.out++
+		p.handOff(nil)
+	} else {
+		p.dialing--
+	}
+	p.mu.Unlock()
+}
+
 func (u *upstreams) dial(p *upPool, deadline int64) (*upConn, error) {
 	d := net.Dialer{Timeout: upstreamDialTimeout, KeepAlive: 30 * time.Second, Deadline: time.Unix(0, deadline)}
-	c, err := d.Dial("tcp", p.addr)
+	var c net.Conn
+	var err error
+	if u.dialer != nil {
+		c, err = u.dialer(d, p.addr)
+	} else {
+		c, err = d.Dial("tcp", p.addr)
+	}
 	if err != nil {
 		p.mu.Lock()
 		p.out--
 		p.mu.Unlock()
+		p.dialDone()
 		return nil, err
 	}
+	p.dialDone()
 	uc := &upConn{
 		c:    c,
 		pool: p,
@@ -134,8 +223,12 @@ func (uc *upConn) put(now int64) {
 	uc.idleAt = now
 	p := uc.pool
 	p.mu.Lock()
-	p.out--
 	p.lastPut = now
+	if p.handOff(uc) { // it stays counted in p.out, for the waiter
+		p.mu.Unlock()
+		return
+	}
+	p.out--
 	if p.dead || len(p.idle) >= upstreamMaxIdle {
 		p.mu.Unlock()
 		uc.c.Close()
