@@ -8,6 +8,7 @@
 package workload
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -51,36 +52,15 @@ type handler struct {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
 	if r.URL.Path == "/health" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok"))
 		return
 	}
-	var d time.Duration
-	if v := r.Header.Get(HeaderRequestedCPU); v != "" {
-		ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || ms < 0 {
-			http.Error(w, "requested_cpu must be a non-negative integer number of milliseconds, got "+strconv.Quote(v), http.StatusBadRequest)
-			return
-		}
-		d = time.Duration(ms) * time.Millisecond
-	}
-	switch kind := r.Header.Get(HeaderWorkload); {
-	case strings.Contains(kind, "empty"):
-	case strings.Contains(kind, "sleep"):
-		sleep(r, d)
-	default:
-		Spin(d)
-	}
-	body, err := json.Marshal(Response{
-		Status:        "OK",
-		Function:      r.Header.Get(HeaderFunction),
-		MachineName:   h.machine,
-		ExecutionTime: time.Since(start).Microseconds(),
-	})
-	if err != nil { // cannot happen: strings and an integer
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+	status, body := Run(r.Context(), h.machine, r.Header.Get(HeaderWorkload), r.Header.Get(HeaderRequestedCPU),
+		r.Header.Get(HeaderFunction))
+	if status != http.StatusOK {
+		http.Error(w, string(body), status)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -88,8 +68,64 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(body)
 }
 
-// sleep waits d, or less if the client goes away.
-func sleep(r *http.Request, d time.Duration) {
+// Run does what a request with these header values asks (see Handler) and
+// returns the answer: 200 and the JSON Response, or 400 and what to fix.
+// A sleep ends early when ctx is done (the client went away).
+func Run(ctx context.Context, machine, kind, requestedCPU, function string) (int, []byte) {
+	start := time.Now()
+	var d time.Duration
+	if v := requestedCPU; v != "" {
+		ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || ms < 0 {
+			return http.StatusBadRequest, []byte("requested_cpu must be a non-negative integer number of milliseconds, got " + strconv.Quote(v))
+		}
+		d = time.Duration(ms) * time.Millisecond
+	}
+	switch {
+	case strings.Contains(kind, "empty"):
+	case strings.Contains(kind, "sleep"):
+		sleep(ctx, d)
+	default:
+		Spin(d)
+	}
+	return http.StatusOK, AppendResponse(nil, Response{
+		Status:        "OK",
+		Function:      function,
+		MachineName:   machine,
+		ExecutionTime: time.Since(start).Microseconds(),
+	})
+}
+
+// AppendResponse appends r as JSON, byte for byte as encoding/json writes
+// it, without its reflection on the common path.
+func AppendResponse(b []byte, r Response) []byte {
+	b = append(b, `{"Status":`...)
+	b = appendJSONString(b, r.Status)
+	b = append(b, `,"Function":`...)
+	b = appendJSONString(b, r.Function)
+	b = append(b, `,"MachineName":`...)
+	b = appendJSONString(b, r.MachineName)
+	b = append(b, `,"ExecutionTime":`...)
+	b = strconv.AppendInt(b, r.ExecutionTime, 10)
+	return append(b, '}')
+}
+
+// appendJSONString appends s quoted: plain printable ASCII as it is,
+// anything encoding/json would escape through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// sleep waits d, or less if ctx is done (the client went away).
+func sleep(ctx context.Context, d time.Duration) {
 	if d <= 0 {
 		return
 	}
@@ -97,7 +133,7 @@ func sleep(r *http.Request, d time.Duration) {
 	defer t.Stop()
 	select {
 	case <-t.C:
-	case <-r.Context().Done():
+	case <-ctx.Done():
 	}
 }
 

@@ -118,3 +118,17 @@ func TestSpin(t *testing.T) {
 	Spin(0)
 	Spin(-time.Second)
 }
+
+// AppendResponse writes what encoding/json writes, escapes included.
+func TestAppendResponseIsJSON(t *testing.T) {
+	for _, s := range []string{"", "fn-7", "a\"b", `back\slash`, "<script>&", "tab\there", "é ü", "\u2028", "bad\xffutf8", "\x00\x1f"} {
+		r := Response{Status: "OK", Function: s, MachineName: "m " + s, ExecutionTime: 1234}
+		want, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendResponse(nil, r); string(got) != string(want) {
+			t.Errorf("%q: got %s, want %s", s, got, want)
+		}
+	}
+}

@@ -11,15 +11,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/batonfaas/baton/internal/sandbox"
-	"github.com/batonfaas/baton/internal/workload"
 )
 
 // DefaultDelay is the default time Create takes.
@@ -209,43 +206,4 @@ func (r *Runtime) Close(ctx context.Context) error {
 		r.server.Close()
 	}
 	return nil
-}
-
-// Server is the in-process function server behind fake sandboxes.
-type Server struct {
-	ln   net.Listener
-	srv  *http.Server
-	done chan struct{}
-	once sync.Once
-}
-
-// NewServer starts a server on listen answering the workload protocol as
-// machine "fake", over HTTP/1.1 and h2c.
-func NewServer(listen string) (*Server, error) {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return nil, fmt.Errorf("fake function server: %w", err)
-	}
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
-	s := &Server{
-		ln:   ln,
-		srv:  &http.Server{Handler: workload.Handler("fake"), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second},
-		done: make(chan struct{}),
-	}
-	go func() {
-		defer close(s.done)
-		_ = s.srv.Serve(ln) // returns ErrServerClosed on Close
-	}()
-	return s, nil
-}
-
-// Addr is the host:port the server listens on.
-func (s *Server) Addr() string { return s.ln.Addr().String() }
-
-// Close stops the server and its connections and waits for it.
-func (s *Server) Close() {
-	s.once.Do(func() { _ = s.srv.Close() })
-	<-s.done
 }

@@ -1,0 +1,164 @@
+package fake
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/batonfaas/baton/internal/workload"
+)
+
+// rawConn is a client connection to a fresh Server.
+func rawConn(t *testing.T) (*Server, net.Conn, *bufio.Reader) {
+	t.Helper()
+	s, err := NewServer("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	c, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return s, c, bufio.NewReader(c)
+}
+
+func readAnswer(t *testing.T, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading an answer: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading an answer's body: %v", err)
+	}
+	return resp, string(b)
+}
+
+func function(t *testing.T, body string) string {
+	t.Helper()
+	var w workload.Response
+	if err := json.Unmarshal([]byte(body), &w); err != nil || w.Status != "OK" || w.MachineName != "fake" {
+		t.Fatalf("answer %q: %+v, %v", body, w, err)
+	}
+	return w.Function
+}
+
+// One connection carries requests one after another and pipelined, with
+// bodies of both framings, an interim 100 Continue, a 400 that keeps the
+// connection, and the health check.
+func TestServerKeepAlive(t *testing.T) {
+	_, c, br := rawConn(t)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: f\r\nWorkload: empty\r\nFunction: one\r\n\r\n")
+	if resp, body := readAnswer(t, br, "GET"); resp.StatusCode != 200 || function(t, body) != "one" ||
+		resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("first: %d %q", resp.StatusCode, body)
+	}
+	// Pipelined: a Content-Length body, then a chunked one with a trailer.
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: f\r\nworkload: empty\r\nfunction: two\r\nContent-Length: 5\r\n\r\nhello"+
+		"POST /x?y=1 HTTP/1.1\r\nHost: f\r\nworkload: empty\r\nfunction: three\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n")
+	for _, want := range []string{"two", "three"} {
+		if resp, body := readAnswer(t, br, "POST"); resp.StatusCode != 200 || function(t, body) != want {
+			t.Fatalf("pipelined %s: %d %q", want, resp.StatusCode, body)
+		}
+	}
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: f\r\nworkload: empty\r\nfunction: four\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+	line, err := br.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("before the body: %q, %v; want 100 Continue", line, err)
+	}
+	br.ReadString('\n')
+	io.WriteString(c, "abc")
+	if resp, body := readAnswer(t, br, "POST"); resp.StatusCode != 200 || function(t, body) != "four" {
+		t.Fatalf("after 100 Continue: %d %q", resp.StatusCode, body)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: f\r\nworkload: sleep\r\nrequested_cpu: soon\r\n\r\n")
+	if resp, body := readAnswer(t, br, "GET"); resp.StatusCode != 400 || !strings.Contains(body, "requested_cpu") {
+		t.Fatalf("bad requested_cpu: %d %q", resp.StatusCode, body)
+	}
+	io.WriteString(c, "HEAD /health HTTP/1.1\r\nHost: f\r\n\r\nGET /health HTTP/1.1\r\nHost: f\r\n\r\n")
+	if resp, body := readAnswer(t, br, "HEAD"); resp.StatusCode != 200 || body != "" || resp.ContentLength != 2 {
+		t.Fatalf("HEAD /health: %d %q length %d", resp.StatusCode, body, resp.ContentLength)
+	}
+	if resp, body := readAnswer(t, br, "GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("GET /health: %d %q", resp.StatusCode, body)
+	}
+	// A sleep takes its time; the connection is still good after it.
+	start := time.Now()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: f\r\nworkload: sleep\r\nrequested_cpu: 30\r\nfunction: five\r\n\r\n")
+	if resp, body := readAnswer(t, br, "GET"); resp.StatusCode != 200 || function(t, body) != "five" {
+		t.Fatalf("sleep: %d %q", resp.StatusCode, body)
+	}
+	if d := time.Since(start); d < 30*time.Millisecond {
+		t.Fatalf("a 30 ms sleep answered after %s", d)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: f\r\nworkload: empty\r\nfunction: six\r\n\r\n")
+	if resp, body := readAnswer(t, br, "GET"); resp.StatusCode != 200 || function(t, body) != "six" {
+		t.Fatalf("after the sleep: %d %q", resp.StatusCode, body)
+	}
+}
+
+// Requests that end their connection: HTTP/1.0 without keep-alive,
+// Connection: close, and malformed ones (answered first).
+func TestServerCloses(t *testing.T) {
+	for name, tc := range map[string]struct {
+		req    string
+		status int
+	}{
+		"http/1.0":           {"GET / HTTP/1.0\r\nworkload: empty\r\n\r\n", 200},
+		"connection close":   {"GET / HTTP/1.1\r\nHost: f\r\nworkload: empty\r\nConnection: close\r\n\r\n", 200},
+		"bad request line":   {"NONSENSE\r\n\r\n", 400},
+		"bad version":        {"GET / HTTP/2.5\r\n\r\n", 505},
+		"bad header":         {"GET / HTTP/1.1\r\nno colon here\r\n\r\n", 400},
+		"bad content-length": {"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400},
+		"gzip body":          {"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+		"long header":        {"GET / HTTP/1.1\r\nX: " + strings.Repeat("a", 5000) + "\r\n\r\n", 431},
+		"bad chunk":          {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, c, br := rawConn(t)
+			io.WriteString(c, tc.req)
+			resp, _ := readAnswer(t, br, "GET")
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if !resp.Close {
+				t.Errorf("the answer does not say the connection closes")
+			}
+			if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("after the answer: %d bytes, %v; want the connection closed", n, err)
+			}
+		})
+	}
+}
+
+// A client that goes away during a sleep ends it, as with net/http: the
+// connection is dropped long before the sleep would have ended.
+func TestServerSleepEndsWhenClientLeaves(t *testing.T) {
+	s, c, _ := rawConn(t)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: f\r\nworkload: sleep\r\nrequested_cpu: 5000\r\n\r\n")
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server still holds the connection 2 s after its client left a 5 s sleep")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
