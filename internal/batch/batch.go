@@ -36,3 +36,18 @@ func Split[T proto.Message](q []T) iter.Seq[[]T] {
 		}
 	}
 }
+
+// Send sends q in order, one message per run (see Split): a run of one as
+// one(m), a longer run as many(run).
+func Send[T proto.Message, M any](q []T, one func(T) M, many func([]T) M, send func(M) error) error {
+	for run := range Split(q) {
+		m := one(run[0])
+		if len(run) > 1 {
+			m = many(run)
+		}
+		if err := send(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,6 +1,7 @@
 package batch
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -61,5 +62,39 @@ func TestSplit(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("break after the first run: %d runs", n)
+	}
+}
+
+func TestSend(t *testing.T) {
+	type msg struct {
+		one  *pb.ScaleRequest
+		many []*pb.ScaleRequest
+	}
+	var sent []msg
+	send := func(q []*pb.ScaleRequest) error {
+		sent = sent[:0]
+		return Send(q, func(r *pb.ScaleRequest) msg { return msg{one: r} },
+			func(run []*pb.ScaleRequest) msg { return msg{many: run} },
+			func(m msg) error { sent = append(sent, m); return nil })
+	}
+	a, b := scale("a"), scale("b")
+	if send([]*pb.ScaleRequest{a}); len(sent) != 1 || sent[0].one != a {
+		t.Fatalf("a queue of one: %+v, want it sent as it is", sent)
+	}
+	if send([]*pb.ScaleRequest{a, b}); len(sent) != 1 || len(sent[0].many) != 2 || sent[0].many[0] != a {
+		t.Fatalf("a queue of two: %+v, want one batch of both, in order", sent)
+	}
+	var q []*pb.ScaleRequest
+	for range MaxCount + 1 {
+		q = append(q, a)
+	}
+	if send(q); len(sent) != 2 || len(sent[0].many) != MaxCount || sent[1].one != a {
+		t.Fatalf("a queue of %d: %d messages, want a full batch and one alone", len(q), len(sent))
+	}
+	n := 0
+	err := Send(q, func(r *pb.ScaleRequest) int { return 1 }, func([]*pb.ScaleRequest) int { return 2 },
+		func(int) error { n++; return errors.New("broken") })
+	if err == nil || n != 1 {
+		t.Fatalf("a failing send: %v after %d sends, want the error after the first", err, n)
 	}
 }

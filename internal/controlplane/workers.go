@@ -56,10 +56,13 @@ func (cp *ControlPlane) WorkerSession(stream pb.ControlPlane_WorkerSessionServer
 	if hello == nil || hello.WorkerId == "" {
 		return status.Error(codes.InvalidArgument, "the first message of a worker session must be a hello with a worker id")
 	}
-	sess := cp.openWorkerSession(hello)
+	sess, accepted := cp.openWorkerSession(hello)
+	defer cp.closeWorkerSession(sess)
+	if err := stream.Send(accepted); err != nil {
+		return err
+	}
 	cp.log.Info("worker connected", "worker", hello.WorkerId, "epoch", sess.epoch, "sandboxes", len(hello.Sandboxes),
 		"cpu", hello.Capacity.GetCpuMillicores(), "memory_mib", hello.Capacity.GetMemoryMib())
-	defer cp.closeWorkerSession(sess)
 
 	return cp.pump(
 		func() error { return cp.workerSender(stream, sess) },
@@ -89,29 +92,20 @@ func (cp *ControlPlane) workerSender(stream pb.ControlPlane_WorkerSessionServer,
 		if closed {
 			return nil
 		}
-		if len(q) > 0 && q[0].GetAccepted() != nil {
-			// The session's first message, which the worker waits for
-			// alone: never in a batch.
-			if err := stream.Send(q[0]); err != nil {
-				return err
-			}
-			q = q[1:]
-		}
-		for run := range batch.Split(q) {
-			cmd := run[0]
-			if len(run) > 1 {
-				cmd = &pb.WorkerCommand{Epoch: s.epoch, Cmd: &pb.WorkerCommand_Batch{Batch: &pb.WorkerCommands{Commands: run}}}
-			}
-			if err := stream.Send(cmd); err != nil {
-				return err
-			}
+		err := batch.Send(q, func(c *pb.WorkerCommand) *pb.WorkerCommand { return c },
+			func(run []*pb.WorkerCommand) *pb.WorkerCommand {
+				return &pb.WorkerCommand{Epoch: s.epoch, Cmd: &pb.WorkerCommand_Batch{Batch: &pb.WorkerCommands{Commands: run}}}
+			}, stream.Send)
+		if err != nil {
+			return err
 		}
 	}
 }
 
 // openWorkerSession registers (or re-registers) a worker and reconciles what
-// it runs with what the control plane expects.
-func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
+// it runs with what the control plane expects. It returns the session and
+// the SessionAccepted to send first, before anything the session queues.
+func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) (*workerSession, *pb.WorkerCommand) {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	now := cp.cfg.Now()
@@ -128,9 +122,9 @@ func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
 	w.used, w.lastBeat, w.up = &pb.Resources{}, now, true
 	sess := &workerSession{epoch: cp.nextEpoch(h.LastEpoch), worker: w, wake: make(chan struct{}, 1)}
 	w.session = sess
-	sess.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Accepted{Accepted: &pb.SessionAccepted{
+	accepted := &pb.WorkerCommand{Epoch: sess.epoch, Cmd: &pb.WorkerCommand_Accepted{Accepted: &pb.SessionAccepted{
 		Epoch: sess.epoch, HeartbeatIntervalMs: cp.cfg.HeartbeatInterval.Milliseconds(),
-	}}})
+	}}}
 
 	reported := make(map[string]*pb.SandboxInfo, len(h.Sandboxes))
 	for _, s := range h.Sandboxes {
@@ -180,7 +174,7 @@ func (cp *ControlPlane) openWorkerSession(h *pb.WorkerHello) *workerSession {
 		delete(fn.prepullFailed, w.id) // this attempt's outcome replaces it
 		cp.sendPrepull(w, fn)
 	}
-	return sess
+	return sess, accepted
 }
 
 // notePrepull keeps cp.prepulls in step with fn's spec, so that a worker's
@@ -244,9 +238,7 @@ func (cp *ControlPlane) handleWorkerMessage(s *workerSession, msg *pb.WorkerMess
 	defer cp.mu.Unlock()
 	if b := msg.GetBatch(); b != nil {
 		for _, m := range b.Messages {
-			if m.GetBatch() == nil {
-				cp.handleWorkerMessageLocked(s, m)
-			}
+			cp.handleWorkerMessageLocked(s, m) // a nested batch matches no case there
 		}
 		return
 	}

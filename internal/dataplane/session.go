@@ -166,14 +166,13 @@ func (d *DataPlane) sendLoop(ctx context.Context, stream grpc.BidiStreamingClien
 		}
 		clear(fns)
 		defer func() { clear(reqs); reqs = reqs[:0] }()
-		for run := range batch.Split(reqs) {
-			m := &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Scale{Scale: run[0]}}
-			if len(run) > 1 {
-				m.Msg = &controlplanev1.DataPlaneMessage_Scales{Scales: &controlplanev1.ScaleRequests{Requests: run}}
-			}
-			if err := stream.Send(m); err != nil {
-				return fmt.Errorf("send scale requests: %w", err)
-			}
+		err := batch.Send(reqs, func(r *controlplanev1.ScaleRequest) *controlplanev1.DataPlaneMessage {
+			return &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Scale{Scale: r}}
+		}, func(run []*controlplanev1.ScaleRequest) *controlplanev1.DataPlaneMessage {
+			return &controlplanev1.DataPlaneMessage{Msg: &controlplanev1.DataPlaneMessage_Scales{Scales: &controlplanev1.ScaleRequests{Requests: run}}}
+		}, stream.Send)
+		if err != nil {
+			return fmt.Errorf("send scale requests: %w", err)
 		}
 		return nil
 	}

@@ -273,18 +273,15 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 				errc <- err
 				return
 			}
+			cmds := []*pb.WorkerCommand{cmd}
 			if b := cmd.GetBatch(); b != nil {
-				for _, c := range b.Commands {
-					if c.Epoch >= s.epoch && c.GetBatch() == nil {
-						w.handle(life, s, c)
-					}
+				cmds = b.Commands // a nested batch matches no case in handle
+			}
+			for _, c := range cmds {
+				if c.Epoch >= s.epoch { // else from an older session or a deposed leader
+					w.handle(life, s, c)
 				}
-				continue
 			}
-			if cmd.Epoch < s.epoch {
-				continue // from an older session or a deposed leader
-			}
-			w.handle(life, s, cmd)
 		}
 	}()
 	err = <-errc
@@ -305,14 +302,12 @@ func (w *Worker) sender(ctx context.Context, stream pb.ControlPlane_WorkerSessio
 		q := s.queue
 		s.queue = nil
 		s.mu.Unlock()
-		for run := range batch.Split(q) {
-			m := run[0]
-			if len(run) > 1 {
-				m = &pb.WorkerMessage{Msg: &pb.WorkerMessage_Batch{Batch: &pb.WorkerMessages{Messages: run}}}
-			}
-			if err := stream.Send(m); err != nil {
-				return err
-			}
+		err := batch.Send(q, func(m *pb.WorkerMessage) *pb.WorkerMessage { return m },
+			func(run []*pb.WorkerMessage) *pb.WorkerMessage {
+				return &pb.WorkerMessage{Msg: &pb.WorkerMessage_Batch{Batch: &pb.WorkerMessages{Messages: run}}}
+			}, stream.Send)
+		if err != nil {
+			return err
 		}
 	}
 }

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -22,9 +23,8 @@ type cpStub struct {
 	epoch uint64
 	out   chan *pb.WorkerCommand
 
-	mu      sync.Mutex
-	events  []*pb.SandboxEvent
-	batches int // WorkerMessages received
+	mu     sync.Mutex
+	events []*pb.SandboxEvent
 }
 
 func (c *cpStub) WorkerSession(stream pb.ControlPlane_WorkerSessionServer) error {
@@ -49,7 +49,6 @@ func (c *cpStub) WorkerSession(stream pb.ControlPlane_WorkerSessionServer) error
 		c.mu.Lock()
 		if b := m.GetBatch(); b != nil {
 			msgs = b.Messages
-			c.batches++
 		}
 		for _, m := range msgs {
 			if ev := m.GetEvent(); ev != nil {
@@ -78,7 +77,7 @@ func create(epoch uint64, id string) *pb.WorkerCommand {
 }
 
 // A batch of commands is carried out command by command (one with a stale
-// epoch is dropped), and the sandbox events of a burst go back batched.
+// epoch is dropped).
 func TestWorkerBatches(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -121,10 +120,41 @@ func TestWorkerBatches(t *testing.T) {
 	if stub.ready()["stale"] {
 		t.Fatal("a command with a stale epoch inside a batch created its sandbox")
 	}
-	stub.mu.Lock()
-	batches := stub.batches
-	stub.mu.Unlock()
-	if batches == 0 {
-		t.Fatalf("%d sandboxes ready within the same few milliseconds: no event batched", n)
+}
+
+// sendRecorder is a worker session stream that records what is sent.
+type sendRecorder struct {
+	pb.ControlPlane_WorkerSessionClient
+	sent chan *pb.WorkerMessage
+}
+
+func (r *sendRecorder) Send(m *pb.WorkerMessage) error { r.sent <- m; return nil }
+
+// What queued while the sender was busy goes out as one batch, in order.
+func TestWorkerSenderBatches(t *testing.T) {
+	const n = 30
+	s := &session{epoch: 7, wake: make(chan struct{}, 1)}
+	for i := range n {
+		s.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
+			Epoch: 7, Kind: pb.SandboxEvent_KIND_READY, Sandbox: &pb.SandboxInfo{SandboxId: fmt.Sprint(i)}}}})
+	}
+	rec := &sendRecorder{sent: make(chan *pb.WorkerMessage, n)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Worker{}).sender(ctx, rec, s) }()
+	m := <-rec.sent
+	cancel()
+	<-done
+	b := m.GetBatch()
+	if b == nil || len(b.Messages) != n {
+		t.Fatalf("%d events queued before the sender woke: sent %v, want one batch of all", n, m)
+	}
+	for i, e := range b.Messages {
+		if id := e.GetEvent().GetSandbox().GetSandboxId(); id != fmt.Sprint(i) {
+			t.Fatalf("event %d of the batch is sandbox %s: out of order", i, id)
+		}
+	}
+	if len(rec.sent) != 0 {
+		t.Fatalf("%d more messages sent after the batch", len(rec.sent))
 	}
 }
