@@ -20,8 +20,9 @@
 //     upstream.go (keep-alive connections to sandboxes);
 //   - proxy.go: the h2c engine (net/http server, forwarder).
 //
-// The warm path takes no lock and allocates nothing, in the router and in
-// the HTTP/1.1 engine.
+// The warm path allocates nothing, in the router and in the HTTP/1.1
+// engine; the router takes no lock, the engine one short per-sandbox-address
+// lock to take and give back a keep-alive connection.
 package dataplane
 
 import (
@@ -120,10 +121,10 @@ func New(cfg Config) (*DataPlane, error) {
 	case cfg.ReportInterval == 0:
 		cfg.ReportInterval = DefaultReportInterval
 	}
-	switch {
-	case cfg.BusyPoll == 0:
+	if cfg.BusyPoll == 0 {
 		cfg.BusyPoll = DefaultBusyPoll
-	case cfg.BusyPoll < 0 || runtime.NumCPU() < 2: // one CPU: spinning would keep the sandbox from answering
+	}
+	if cfg.BusyPoll < 0 || runtime.NumCPU() < 2 { // one CPU: spinning would keep the sandbox from answering
 		cfg.BusyPoll = 0
 	}
 	if cfg.Logger == nil {

@@ -97,7 +97,8 @@ type h1Engine struct {
 }
 
 func newH1Engine(rt *router, maxBody int64, busyPoll time.Duration) *h1Engine {
-	return &h1Engine{rt: rt, maxBody: maxBody, conns: make(map[*h1Conn]struct{}), busyPoll: busyPoll}
+	return &h1Engine{rt: rt, maxBody: maxBody, conns: make(map[*h1Conn]struct{}), busyPoll: busyPoll,
+		up: upstreams{polled: busyPoll > 0}}
 }
 
 // start serves ln in the background; h2c connections go to h2.

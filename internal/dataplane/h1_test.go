@@ -745,3 +745,30 @@ func TestRetryWithBufferedBody(t *testing.T) {
 		t.Errorf("%d sandbox connections for 3 requests", n)
 	}
 }
+
+// A sandbox that drops the connection while the client's body is still
+// coming is a failed forward (502) at once, not a wait for the rest of the
+// body until the function's timeout (504).
+func TestSandboxDropsDuringBody(t *testing.T) {
+	t.Parallel()
+	addr := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := readHeadLines(br); err != nil {
+			return
+		}
+		br.Read(make([]byte, 10))
+		time.Sleep(50 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0) // a reset
+		c.Close()
+	})
+	cp := newFakeCP(t, route("f", 1, 10, 8000, ep("s1", addr)))
+	d := startDP(t, cp, nil)
+	rc := dialRaw(t, d)
+	rc.send("POST / HTTP/1.1\r\nHost: f\r\nContent-Length: 100\r\n\r\n0123456789") // 90 bytes never come
+	resp, body := rc.response("POST")
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status %d %q, want 502 for a sandbox that dropped the request", resp.StatusCode, body)
+	}
+	if !rc.closed() {
+		t.Fatal("the connection stays open with the request's body unread")
+	}
+}

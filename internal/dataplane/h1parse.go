@@ -491,11 +491,6 @@ func (r *request) parse() *protoError {
 }
 
 // reset forgets the previous request, keeping the buffers.
-func (r *request) reset() {
-	fields := r.fields[:0]
-	*r = request{fields: fields}
-}
-
 // response is a parsed response head from a sandbox.
 type response struct {
 	head          []byte

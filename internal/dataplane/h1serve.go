@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -164,12 +165,12 @@ func (hc *h1Conn) forward(c *call, start time.Time, rest string, viaPath bool) (
 		hc.disown(uc)
 		uc.discard()
 		if p := hc.pump; p != nil {
-			<-p.done
-			hc.pump = nil
-			if p.rerr != nil { // the client's body failed: that says it all
+			stopped := hc.stopPump(p, uc)
+			ours := stopped && isTimeout(p.rerr) // the pump's read, woken by stopPump
+			if p.rerr != nil && !ours {          // the client's body failed: that says it all
 				return hc.replyBodyFailed(c, start, p.rerr), time.Now()
 			}
-			hc.unread = p.werr != nil
+			hc.unread = stopped || p.werr != nil
 		}
 		if hc.gone.Load() {
 			return false, time.Now()
@@ -191,24 +192,12 @@ func (hc *h1Conn) forward(c *call, start time.Time, rest string, viaPath bool) (
 	}
 
 	now := time.Now()
-	t := timing{queue: start.Sub(c.arrived), proxy: now.Sub(start), proxied: true, cold: c.cold}
-	if c.cold {
-		t.create = time.Duration(c.ep.createMicros) * time.Microsecond
-	}
+	t := c.timing(start, now)
 	upOK, keep := hc.relayResponse(uc, &t, now, deadline, tol)
 	if p := hc.pump; p != nil {
-		select {
-		case <-p.done:
-		default:
-			// The function answered without reading the whole body: stop
-			// sending it.
+		if hc.stopPump(p, uc) { // the function answered without reading the whole body
 			upOK = false
-			uc.c.Close()
-			hc.c.SetReadDeadline(aLongTimeAgo)
-			<-p.done
-			hc.rdl = 0
 		}
-		hc.pump = nil
 		if p.rerr != nil || p.werr != nil {
 			upOK, keep = false, false
 		} else {
@@ -269,6 +258,25 @@ func (hc *h1Conn) send(uc *upConn, c *call, rest string, viaPath bool, deadline,
 		return nil
 	}
 	return bw.Flush()
+}
+
+// stopPump ends the body pump p: if it is still sending (the sandbox
+// answered early, or dropped the connection, while the client's body was
+// still coming), it closes the sandbox connection and wakes the pump's read
+// of the client (which then fails with a timeout), and says so; the body is
+// then unread.
+func (hc *h1Conn) stopPump(p *pump, uc *upConn) (stopped bool) {
+	hc.pump = nil
+	select {
+	case <-p.done:
+		return false
+	default:
+	}
+	uc.c.Close()
+	hc.c.SetReadDeadline(aLongTimeAgo)
+	<-p.done
+	hc.rdl = 0
+	return true
 }
 
 // pump sends a request body to the sandbox while the connection's goroutine
@@ -483,10 +491,7 @@ func (hc *h1Conn) replyFailed(c *call, start time.Time, err error, deadline int6
 	if hc.gone.Load() {
 		return false
 	}
-	t := timing{queue: start.Sub(c.arrived), proxy: time.Since(start), proxied: true, cold: c.cold}
-	if c.cold {
-		t.create = time.Duration(c.ep.createMicros) * time.Microsecond
-	}
+	t := c.timing(start, time.Now())
 	switch {
 	case time.Now().UnixNano() >= deadline:
 		return hc.replyEarly(errDidNotAnswer(c.fn.name, c.timeout), &t)
@@ -504,7 +509,7 @@ func (hc *h1Conn) replyRerouteFailed(c *call, start time.Time, rerr *reqError) b
 	if hc.gone.Load() {
 		return false
 	}
-	t := timing{queue: start.Sub(c.arrived), proxy: time.Since(start), proxied: true}
+	t := c.timing(start, time.Now())
 	return hc.replyEarly(rerr, &t)
 }
 
@@ -512,7 +517,7 @@ func (hc *h1Conn) replyRerouteFailed(c *call, start time.Time, rerr *reqError) b
 // too large.
 func (hc *h1Conn) replyBodyFailed(c *call, start time.Time, err error) bool {
 	hc.unread = true
-	t := timing{queue: start.Sub(c.arrived), proxy: time.Since(start), proxied: true, cold: c.cold}
+	t := c.timing(start, time.Now())
 	var pe *protoError
 	switch {
 	case errors.Is(err, errBodyTooLarge):
@@ -559,7 +564,7 @@ func (hc *h1Conn) writeError(status int, body string, t *timing, keep, http10 bo
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, ' ')
-	b = append(b, statusText(status)...)
+	b = append(b, http.StatusText(status)...)
 	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n"...)
@@ -578,32 +583,6 @@ func (hc *h1Conn) writeError(status int, body string, t *timing, keep, http10 bo
 	bw.WriteString(body) // flushed by handle, after the slot is released
 }
 
-func statusText(code int) string {
-	switch code {
-	case 400:
-		return "Bad Request"
-	case 404:
-		return "Not Found"
-	case 413:
-		return "Request Entity Too Large"
-	case 417:
-		return "Expectation Failed"
-	case 431:
-		return "Request Header Fields Too Large"
-	case 501:
-		return "Not Implemented"
-	case 502:
-		return "Bad Gateway"
-	case 503:
-		return "Service Unavailable"
-	case 504:
-		return "Gateway Timeout"
-	case 505:
-		return "HTTP Version Not Supported"
-	}
-	return "Error"
-}
-
 // appendHeaders appends X-Baton-Cold-Start (for a forwarded request) and
 // Server-Timing header lines.
 func (t *timing) appendHeaders(b []byte) []byte {
@@ -619,9 +598,6 @@ func (t *timing) appendHeaders(b []byte) []byte {
 	return append(b, "\r\n"...)
 }
 
-// httpDate is RFC 9110's IMF-fixdate layout (net/http's TimeFormat).
-const httpDate = "Mon, 02 Jan 2006 15:04:05 GMT"
-
 type dateLine struct {
 	sec  int64
 	line []byte // "Date: ...\r\n"
@@ -636,7 +612,7 @@ func appendDate(b []byte, now time.Time) []byte {
 	d := dateCache.Load()
 	if d == nil || d.sec != sec {
 		l := append(make([]byte, 0, 40), "Date: "...)
-		l = now.UTC().AppendFormat(l, httpDate)
+		l = now.UTC().AppendFormat(l, http.TimeFormat)
 		d = &dateLine{sec: sec, line: append(l, "\r\n"...)}
 		dateCache.Store(d)
 	}

@@ -123,6 +123,17 @@ type timing struct {
 	cold, proxied        bool
 }
 
+// timing is the Server-Timing of a forwarded request: queued from its
+// arrival until start, proxied from start until now, and its sandbox's
+// creation if this was a cold start.
+func (c *call) timing(start, now time.Time) timing {
+	t := timing{queue: start.Sub(c.arrived), proxy: now.Sub(start), proxied: true, cold: c.cold}
+	if c.cold && c.ep != nil { // a failed reroute holds no endpoint
+		t.create = time.Duration(c.ep.createMicros) * time.Microsecond
+	}
+	return t
+}
+
 func (t *timing) header() string {
 	var buf [96]byte
 	return string(t.appendTo(buf[:0]))
@@ -281,10 +292,7 @@ func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http
 			return
 		}
 	}
-	t := timing{queue: start.Sub(c.arrived), proxy: time.Since(start), proxied: true, cold: c.cold}
-	if c.cold {
-		t.create = time.Duration(c.ep.createMicros) * time.Microsecond
-	}
+	t := c.timing(start, time.Now())
 	if err != nil {
 		switch {
 		case body.exceeded():

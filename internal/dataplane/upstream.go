@@ -42,6 +42,7 @@ type upstreams struct {
 	pools sync.Map // address → *upPool
 	// dialer dials a sandbox (net.Dialer.Dial; tests replace it).
 	dialer func(d net.Dialer, addr string) (net.Conn, error)
+	polled bool // connections get a poller (the engine busy-polls)
 
 	reapScratch []*upConn // the reaper's (one goroutine)
 }
@@ -213,7 +214,9 @@ func (u *upstreams) dial(p *upPool, deadline int64) (*upConn, error) {
 	}
 	if sc, ok := c.(syscall.Conn); ok {
 		uc.rc, _ = sc.SyscallConn()
-		uc.poll = newPoller(uc.rc)
+		if u.polled {
+			uc.poll = newPoller(uc.rc)
+		}
 	}
 	return uc, nil
 }

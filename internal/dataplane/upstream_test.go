@@ -52,17 +52,6 @@ func (d *blockingDialer) dial(_ net.Dialer, _ string) (net.Conn, error) {
 	return a, nil
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func (p *upPool) counts() (out, dialing, waiters int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -87,7 +76,7 @@ func TestUpstreamDialCap(t *testing.T) {
 		}()
 	}
 	p := u.pool("a")
-	waitFor(t, "the dial slots taken and the rest waiting", func() bool {
+	eventually(t, 5*time.Second, "the dial slots taken and the rest waiting", func() bool {
 		_, dialing, waiters := p.counts()
 		return dialing == maxDials && waiters == n-maxDials
 	})
@@ -134,17 +123,17 @@ func TestUpstreamHandOff(t *testing.T) {
 		go get()
 	}
 	p := u.pool("a")
-	waitFor(t, "every dial slot taken", func() bool { _, dialing, _ := p.counts(); return dialing == maxDials })
+	eventually(t, 5*time.Second, "every dial slot taken", func() bool { _, dialing, _ := p.counts(); return dialing == maxDials })
 	go get() // waits
-	waitFor(t, "a waiter", func() bool { _, _, w := p.counts(); return w == 1 })
+	eventually(t, 5*time.Second, "a waiter", func() bool { _, _, w := p.counts(); return w == 1 })
 	d.release <- struct{}{}
 	first := <-got // its dial's slot went to the waiter, which dials now
-	waitFor(t, "the waiter dialling in the freed slot", func() bool {
+	eventually(t, 5*time.Second, "the waiter dialling in the freed slot", func() bool {
 		_, dialing, w := p.counts()
 		return w == 0 && dialing == maxDials && d.dials.Load() == maxDials+1
 	})
 	go get() // waits again
-	waitFor(t, "a second waiter", func() bool { _, _, w := p.counts(); return w == 1 })
+	eventually(t, 5*time.Second, "a second waiter", func() bool { _, _, w := p.counts(); return w == 1 })
 	first.put(time.Now().UnixNano())
 	second := <-got
 	if second != first {
@@ -180,7 +169,7 @@ func TestUpstreamWaitDeadline(t *testing.T) {
 		}()
 	}
 	p := u.pool("a")
-	waitFor(t, "every dial slot taken", func() bool { _, dialing, _ := p.counts(); return dialing == maxDials })
+	eventually(t, 5*time.Second, "every dial slot taken", func() bool { _, dialing, _ := p.counts(); return dialing == maxDials })
 	start := time.Now()
 	uc, err := u.get("a", time.Now().UnixNano(), time.Now().Add(50*time.Millisecond).UnixNano())
 	if uc != nil || !errors.Is(err, os.ErrDeadlineExceeded) {
