@@ -7,6 +7,7 @@ import (
 
 	"github.com/batonfaas/baton/internal/sandbox"
 	"github.com/batonfaas/baton/internal/sandbox/containerd"
+	"github.com/batonfaas/baton/internal/sandbox/containerd/netpool"
 	"github.com/batonfaas/baton/internal/worker"
 )
 
@@ -24,12 +25,12 @@ func (f *containerdFlags) register(fs *flagSet) {
 	fs.StringVar(&f.socket, "containerd-socket", containerd.DefaultSocket, "containerd runtime: containerd's socket")
 	fs.StringVar(&f.namespace, "containerd-namespace", containerd.DefaultNamespace, "containerd runtime: the containerd namespace of Baton's containers")
 	fs.StringVar(&f.snapshotter, "snapshotter", containerd.DefaultSnapshotter, "containerd runtime: snapshotter for images and root filesystems")
-	fs.StringVar(&f.bridge, "bridge", "baton0", "containerd runtime: the node bridge the sandboxes' network namespaces hang on")
-	fs.StringVar(&f.subnet, "sandbox-subnet", "10.87.0.0/16", "containerd runtime: the node's sandbox subnet (the bridge gets its first address)")
+	fs.StringVar(&f.bridge, "bridge", netpool.DefaultBridge, "containerd runtime: the node bridge the sandboxes' network namespaces hang on")
+	fs.StringVar(&f.subnet, "sandbox-subnet", netpool.DefaultSubnet, "containerd runtime: the node's sandbox subnet (the bridge gets its first address)")
 	fs.StringVar(&f.stateDir, "containerd-state", "", "containerd runtime: directory of the sandboxes' namespaces and output (default /run/baton/containerd/NAMESPACE/WORKER)")
 	fs.StringVar(&f.registryConfig, "registry-config", "", "containerd runtime: Docker config file with registry credentials (default $DOCKER_CONFIG/config.json or ~/.docker/config.json, if there)")
 	fs.Var(&f.insecure, "insecure-registry", "containerd runtime: registry (host[:port]) reached over plain HTTP (repeatable; loopback registries always are)")
-	fs.IntVar(&f.netPool, "netns-pool", 16, "containerd runtime: network namespaces kept ready")
+	fs.IntVar(&f.netPool, "netns-pool", netpool.DefaultSize, "containerd runtime: network namespaces kept ready")
 	fs.IntVar(&f.port, "sandbox-port", containerd.DefaultPort, "containerd runtime: the port functions serve on ($PORT) in their network namespace")
 }
 

@@ -15,6 +15,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"github.com/batonfaas/baton/internal/sandbox"
 	"io"
 	"os"
 	"path"
@@ -32,9 +33,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
-
-// DefaultPath is the PATH an image's config sets.
-const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // BuildOptions say what goes into an image.
 type BuildOptions struct {
@@ -102,7 +100,7 @@ func Build(o BuildOptions) (v1.Image, error) {
 	cf.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
 	cf.Config.Entrypoint = []string{"/" + nm}
 	cf.Config.Cmd = o.Args
-	cf.Config.Env = append([]string{"PATH=" + DefaultPath}, o.Env...)
+	cf.Config.Env = append([]string{"PATH=" + sandbox.DefaultPath}, o.Env...)
 	cf.Config.WorkingDir = "/"
 	img, err = mutate.ConfigFile(img, cf)
 	if err != nil {

@@ -13,6 +13,9 @@ import (
 	"time"
 )
 
+// DefaultPath is the PATH of a function whose spec (and image) sets none.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 // Errors a runtime returns; callers test them with errors.Is.
 var (
 	// ErrInvalid: the spec cannot be run by this runtime (missing binary,

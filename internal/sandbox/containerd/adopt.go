@@ -111,9 +111,11 @@ func (r *Runtime) adopt(ctx context.Context, c containers.Container) (*box, stri
 	if err != nil {
 		return nil, "network namespace: " + err.Error()
 	}
-	r.watch(b)
+	// In the map before the watch starts: an exit the watch sees at once
+	// must find the box there to release it.
 	r.mu.Lock()
 	r.boxes[b.Sandbox.ID] = b
 	r.mu.Unlock()
+	r.watch(b)
 	return b, ""
 }

@@ -385,11 +385,11 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	ctx, cancel := context.WithCancel(namespaces.WithNamespace(ctx, r.cfg.Namespace))
 	defer cancel()
 	b := &box{
-		Life:    sandbox.NewLife(spec, cancel),
-		cid:     containerID(spec.ID),
-		logPath: filepath.Join(r.logDir, containerID(spec.ID)+".log"),
-		exited:  make(chan struct{}),
+		Life:   sandbox.NewLife(spec, cancel),
+		cid:    containerID(spec.ID),
+		exited: make(chan struct{}),
 	}
+	b.logPath = filepath.Join(r.logDir, b.cid+".log")
 	r.mu.Lock()
 	switch {
 	case r.closed:

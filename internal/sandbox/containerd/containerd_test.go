@@ -215,7 +215,7 @@ func kill(t testing.TB, rt *Runtime, id string) {
 	if b == nil || !b.haveTask {
 		t.Fatalf("no sandbox %s to kill", id)
 	}
-	if _, err := rt.client.TaskService().Kill(rt.ctx, &tasks.KillRequest{ContainerID: id, Signal: uint32(syscall.SIGKILL)}); err != nil {
+	if _, err := rt.client.TaskService().Kill(rt.ctx, &tasks.KillRequest{ContainerID: b.cid, Signal: uint32(syscall.SIGKILL)}); err != nil {
 		t.Fatalf("kill sandbox %s: %v", id, err)
 	}
 }
@@ -277,7 +277,7 @@ func TestIsolation(t *testing.T) {
 		t.Errorf("address %s: want the subnet of %s and port 8080 (PORT from the spec must not win)", sb.Address, want)
 	}
 	b := rt.boxes[sb.ID]
-	tr, err := rt.client.TaskService().Get(rt.ctx, &tasks.GetRequest{ContainerID: sb.ID})
+	tr, err := rt.client.TaskService().Get(rt.ctx, &tasks.GetRequest{ContainerID: b.cid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestIsolation(t *testing.T) {
 	}
 	environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	envs := strings.Split(strings.TrimRight(string(environ), "\x00"), "\x00")
-	want := []string{"FUNCTION=iso", "HOME=/", "PATH=" + image.DefaultPath, "PORT=8080"}
+	want := []string{"FUNCTION=iso", "HOME=/", "PATH=" + sandbox.DefaultPath, "PORT=8080"}
 	if fmt.Sprint(envs) != fmt.Sprint(want) {
 		t.Errorf("environment %q, want %q", envs, want)
 	}

@@ -9,9 +9,7 @@ import (
 
 	"github.com/containerd/containerd/namespaces"
 
-	"github.com/batonfaas/baton/internal/image"
 	"github.com/batonfaas/baton/internal/sandbox"
-	"github.com/batonfaas/baton/internal/sandbox/sandboxtest"
 )
 
 // needRegistry skips a test that pulls without BATON_REGISTRY, except under
@@ -36,24 +34,10 @@ func needRegistry(t testing.TB) {
 // Create that still wanted to pull would fail.
 func TestPrepull(t *testing.T) {
 	needRegistry(t)
-	bin, err := sandboxtest.BuildExample(buildDir, "hello")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// An image of its own (not shared with other tests of this binary,
 	// which run in the same namespace), named through the proxy.
-	img, err := image.Build(image.BuildOptions{Binary: bin, Env: []string{"FUNCTION=prepulled"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	repo := "/baton-test/prepull:" + strconv.Itoa(os.Getpid())
-	ref, err := image.ParseReference(registry+repo, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := image.Push(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	pushFunction(t, repo, "prepulled")
 	proxy := newRecordingProxy(t)
 	refStr := proxy.addr() + repo
 

@@ -29,8 +29,8 @@ import (
 // a sandbox runs and what the runtime asked of the registry.
 
 // recordingProxy is an HTTP proxy in front of the test registry that
-// records every request. It counts requests rather than connections (as
-// registryProxy does): a lookup may reuse a kept-alive connection.
+// records every request. It counts requests rather than connections: a
+// lookup may reuse a kept-alive connection.
 type recordingProxy struct {
 	srv   *httptest.Server
 	delay atomic.Int64 // nanoseconds each request waits before it is forwarded

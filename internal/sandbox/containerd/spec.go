@@ -14,9 +14,6 @@ import (
 	"github.com/batonfaas/baton/internal/sandbox"
 )
 
-// defaultPath is the PATH of a function unless its image or spec sets one.
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 // cpuPeriod is the CFS period of the cpu limit, in microseconds.
 const cpuPeriod = 100_000
 
@@ -83,7 +80,7 @@ func env(image []string, spec map[string]string, port int) []string {
 		m[k] = v
 	}
 	if _, ok := m["PATH"]; !ok {
-		m["PATH"] = defaultPath
+		m["PATH"] = sandbox.DefaultPath
 	}
 	if _, ok := m["HOME"]; !ok {
 		m["HOME"] = "/" // as runc would set it, made explicit

@@ -67,9 +67,6 @@ const (
 	DefaultReadyTimeout = 30 * time.Second
 )
 
-// defaultPath is the PATH of a function unless its spec sets one.
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 // cloneFlags are the namespaces a sandbox gets. Not CLONE_NEWNET: it serves
 // on the host's network.
 const cloneFlags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
@@ -376,7 +373,7 @@ func env(spec map[string]string, port int) []string {
 		}
 	}
 	if _, ok := spec["PATH"]; !ok {
-		out = append(out, "PATH="+defaultPath)
+		out = append(out, "PATH="+sandbox.DefaultPath)
 	}
 	out = append(out, "PORT="+strconv.Itoa(port))
 	slices.Sort(out)

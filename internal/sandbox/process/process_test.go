@@ -178,7 +178,7 @@ func TestIsolation(t *testing.T) {
 	environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	envs := strings.Split(strings.TrimRight(string(environ), "\x00"), "\x00")
 	port := sb.Address[strings.LastIndexByte(sb.Address, ':')+1:]
-	want := []string{"FUNCTION=iso", "PATH=" + defaultPath, "PORT=" + port}
+	want := []string{"FUNCTION=iso", "PATH=" + sandbox.DefaultPath, "PORT=" + port}
 	if fmt.Sprint(envs) != fmt.Sprint(want) {
 		t.Errorf("environment %q, want %q", envs, want)
 	}

@@ -79,9 +79,6 @@ type Slot struct {
 	IP   net.IP // the sandbox's address
 	Path string // the namespace, for the OCI spec: Dir/<ip>
 	Veth string // the host side's name
-
-	vethIndex int
-	uses      int // how many sandboxes used it before the current one
 }
 
 // Pool is a pool of slots. It is safe for concurrent use.
@@ -101,8 +98,6 @@ type Pool struct {
 	ready   []*Slot          // FIFO: recycled slots go to the back
 	inUse   map[string]*Slot // by Path
 	closed  bool
-	made    int // slots made (stats)
-	onPath  int // of which on the caller's path (the pool was empty)
 	wake    chan struct{}
 	stop    chan struct{}
 	fillers sync.WaitGroup
@@ -180,9 +175,6 @@ func (p *Pool) Start() {
 // Gateway is the bridge's address: where the host meets the sandboxes.
 func (p *Pool) Gateway() net.IP { return p.gw }
 
-// Dir is where the namespaces are mounted.
-func (p *Pool) Dir() string { return p.cfg.Dir }
-
 // bridgeMAC is a locally administered unicast MAC derived from the bridge
 // name, so that it is stable across restarts.
 func bridgeMAC(name string) net.HardwareAddr {
@@ -257,12 +249,11 @@ func (p *Pool) Adopt(path string, ip net.IP) (*Slot, error) {
 	}
 	s := &Slot{IP: ip.To4(), Path: path, Veth: vethName(ip)}
 	p.nlMu.Lock()
-	l, err := p.nl.LinkByName(s.Veth)
+	_, err := p.nl.LinkByName(s.Veth) // its host side is still there
 	p.nlMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("host side %s of %s: %w", s.Veth, path, err)
 	}
-	s.vethIndex = l.Attrs().Index
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.ipam.take(ip) {
@@ -338,7 +329,6 @@ func (p *Pool) Get(ctx context.Context) (*Slot, error) {
 		p.kick()
 		return s, nil
 	}
-	p.onPath++
 	p.mu.Unlock()
 	p.kick()
 	s, err := p.make()
@@ -365,7 +355,6 @@ func (p *Pool) Put(s *Slot) {
 	p.mu.Lock()
 	delete(p.inUse, s.Path)
 	if !p.closed && len(p.ready) < 4*p.cfg.Size {
-		s.uses++
 		p.ready = append(p.ready, s)
 		p.mu.Unlock()
 		return
@@ -390,14 +379,14 @@ func (p *Pool) Release(s *Slot) {
 // Stats says how many slots are ready and in use, and how many were made
 // on a caller's path because the pool was empty.
 type Stats struct {
-	Ready, InUse, Made, OnPath int
+	Ready, InUse int
 }
 
 // Stats returns the pool's counters.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return Stats{Ready: len(p.ready), InUse: len(p.inUse), Made: p.made, OnPath: p.onPath}
+	return Stats{Ready: len(p.ready), InUse: len(p.inUse)}
 }
 
 // Close stops the filler, destroys the ready slots and waits until the
@@ -565,7 +554,6 @@ func vethName(ip net.IP) string {
 func (p *Pool) make() (_ *Slot, err error) {
 	p.mu.Lock()
 	ip := p.ipam.alloc()
-	p.made++
 	p.mu.Unlock()
 	if ip == nil {
 		return nil, fmt.Errorf("no free address in %s", p.subnet)
@@ -599,15 +587,10 @@ func (p *Pool) make() (_ *Slot, err error) {
 		}
 		err = p.nl.LinkAdd(veth)
 	}
-	var host netlink.Link
-	if err == nil {
-		host, err = p.nl.LinkByName(s.Veth)
-	}
 	p.nlMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("veth %s: %w", s.Veth, err)
 	}
-	s.vethIndex = host.Attrs().Index
 	ones, _ := p.subnet.Mask.Size()
 	h := nsh.nl
 	eth0, err := h.LinkByName("eth0")
@@ -714,14 +697,7 @@ func (p *Pool) destroy(s *Slot) {
 func (p *Pool) deleteVeth(name string, index int) {
 	p.nlMu.Lock()
 	defer p.nlMu.Unlock()
-	var l netlink.Link
-	if index > 0 {
-		l = &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, Index: index}}
-	} else if found, err := p.nl.LinkByName(name); err == nil {
-		l = found
-	} else {
-		return
-	}
+	l := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, Index: index}}
 	if err := p.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 		p.log.Debug("delete veth", "link", name, "err", err)
 	}
