@@ -4,7 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
+	"github.com/batonfaas/baton/internal/httpwire"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -302,9 +302,6 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// h2Preface starts every HTTP/2 connection with prior knowledge.
-const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
 // h1Conn is one client connection.
 type h1Conn struct {
 	e    *h1Engine
@@ -333,7 +330,7 @@ type h1Conn struct {
 	pend     int    // bytes of the request (head, buffered body) still in br
 	bodyOff  int    // where the request body starts in br (after a head still there)
 	unread   bool   // the request body was not (fully) read: close after the answer
-	linger   bool   // close with lingerClose (so does unread)
+	linger   bool   // close with httpwire.LingerClose (so does unread)
 	streamed bool   // the request body went to a pump: it cannot be sent again
 	pump     *pump  // the request body's sender, if one runs
 }
@@ -367,18 +364,11 @@ func (hc *h1Conn) first() (keep, h2 bool) {
 	if _, err := hc.br.Peek(1); err != nil || !hc.state.CompareAndSwap(connIdle, connActive) {
 		return false, false
 	}
-	for {
-		b, _ := hc.br.Peek(hc.br.Buffered())
-		k := min(len(b), len(h2Preface))
-		if string(b[:k]) != h2Preface[:k] {
-			return hc.next(), false
-		}
-		if k == len(h2Preface) {
-			break
-		}
-		if _, err := hc.br.Peek(k + 1); err != nil {
-			return false, false
-		}
+	switch h2, err := httpwire.StartsH2(hc.br); {
+	case err != nil:
+		return false, false
+	case !h2:
+		return hc.next(), false
 	}
 	b, _ := hc.br.Peek(hc.br.Buffered())
 	pc := &prefixConn{Conn: hc.c, pre: append([]byte(nil), b...)}
@@ -442,7 +432,7 @@ func (hc *h1Conn) close() {
 	hc.e.forget(hc)
 	hc.state.Store(connClosed)
 	if (hc.linger || hc.unread) && !hc.gone.Load() {
-		lingerClose(hc.c)
+		httpwire.LingerClose(hc.c, lingerTime, lingerBytes)
 	} else {
 		hc.c.Close()
 	}
@@ -459,19 +449,6 @@ func (hc *h1Conn) release() {
 	if cap(hc.big) > 64<<10 {
 		hc.big = nil
 	}
-}
-
-// lingerClose closes c after the client has read the answer: it stops
-// writing, reads and discards what the client still sends (a body the
-// data plane did not want) for a while, and then closes. Closing at once
-// with unread data would send a reset that can destroy the answer.
-func lingerClose(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-		c.SetReadDeadline(time.Now().Add(lingerTime))
-		io.CopyN(io.Discard, c, lingerBytes)
-	}
-	c.Close()
 }
 
 // setReadDeadline and setWriteDeadline keep a connection's deadline within

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"github.com/batonfaas/baton/internal/httpwire"
 )
 
 // HTTP/1.x message heads, parsed just enough to route and frame: the start
@@ -85,77 +86,62 @@ func init() {
 	}
 }
 
-// eqFold reports whether the token b equals lower, a lower-case name made
-// of letters, digits and '-'. b|0x20 maps only b's own upper case onto a
-// letter, and no token byte but '-' onto '-'.
-func eqFold(b []byte, lower string) bool {
-	if len(b) != len(lower) {
-		return false
-	}
-	for i := 0; i < len(b); i++ {
-		if b[i]|0x20 != lower[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func idOf(name []byte) fieldID {
 	switch len(name) {
 	case 2:
-		if eqFold(name, "te") {
+		if httpwire.EqualFold(name, "te") {
 			return fHop
 		}
 	case 4:
 		switch {
-		case eqFold(name, "host"):
+		case httpwire.EqualFold(name, "host"):
 			return fHost
-		case eqFold(name, "date"):
+		case httpwire.EqualFold(name, "date"):
 			return fDate
 		}
 	case 6:
-		if eqFold(name, "expect") {
+		if httpwire.EqualFold(name, "expect") {
 			return fExpect
 		}
 	case 7:
-		if eqFold(name, "trailer") || eqFold(name, "upgrade") {
+		if httpwire.EqualFold(name, "trailer") || httpwire.EqualFold(name, "upgrade") {
 			return fHop
 		}
 	case 10:
 		switch {
-		case eqFold(name, "connection"):
+		case httpwire.EqualFold(name, "connection"):
 			return fConnection
-		case eqFold(name, "keep-alive"):
+		case httpwire.EqualFold(name, "keep-alive"):
 			return fHop
 		}
 	case 14:
-		if eqFold(name, "content-length") {
+		if httpwire.EqualFold(name, "content-length") {
 			return fContentLength
 		}
 	case 15:
-		if eqFold(name, "idempotency-key") {
+		if httpwire.EqualFold(name, "idempotency-key") {
 			return fIdempotencyKey
 		}
 	case 16:
-		if eqFold(name, "proxy-connection") {
+		if httpwire.EqualFold(name, "proxy-connection") {
 			return fHop
 		}
 	case 17:
 		switch {
-		case eqFold(name, "transfer-encoding"):
+		case httpwire.EqualFold(name, "transfer-encoding"):
 			return fTransferEncoding
-		case eqFold(name, "x-idempotency-key"):
+		case httpwire.EqualFold(name, "x-idempotency-key"):
 			return fIdempotencyKey
 		}
 	case 18:
 		switch {
-		case eqFold(name, "proxy-authenticate"):
+		case httpwire.EqualFold(name, "proxy-authenticate"):
 			return fHop
-		case eqFold(name, "x-baton-cold-start"):
+		case httpwire.EqualFold(name, "x-baton-cold-start"):
 			return fColdStart
 		}
 	case 19:
-		if eqFold(name, "proxy-authorization") {
+		if httpwire.EqualFold(name, "proxy-authorization") {
 			return fHop
 		}
 	}
@@ -411,7 +397,7 @@ func (r *request) parse() *protoError {
 			r.contentLength = n
 			f.drop = true
 		case fTransferEncoding:
-			if r.chunked || !eqFold(f.value(head), "chunked") {
+			if r.chunked || !httpwire.EqualFold(f.value(head), "chunked") {
 				return errBadCoding
 			}
 			r.chunked = true
@@ -420,9 +406,9 @@ func (r *request) parse() *protoError {
 			f.drop = true
 			forEachToken(f.value(head), func(tok []byte) {
 				switch {
-				case eqFold(tok, "close"):
+				case httpwire.EqualFold(tok, "close"):
 					r.close = true
-				case eqFold(tok, "keep-alive"):
+				case httpwire.EqualFold(tok, "keep-alive"):
 					if r.minor == 0 {
 						r.close = false
 					}
@@ -432,7 +418,7 @@ func (r *request) parse() *protoError {
 			})
 		case fExpect:
 			f.drop = true
-			if !eqFold(f.value(head), "100-continue") {
+			if !httpwire.EqualFold(f.value(head), "100-continue") {
 				return errExpectation
 			}
 			r.expect100 = r.minor >= 1
@@ -469,7 +455,7 @@ func (r *request) parse() *protoError {
 
 	// Target: origin-form, absolute-form (its authority routes), or "*".
 	r.slash = false
-	if len(target) > 7 && (eqFold(target[:7], "http://") || (len(target) > 8 && eqFold(target[:8], "https://"))) {
+	if len(target) > 7 && (httpwire.EqualFold(target[:7], "http://") || (len(target) > 8 && httpwire.EqualFold(target[:8], "https://"))) {
 		t := target[bytes.IndexByte(target, ':')+3:]
 		end := bytes.IndexAny(t, "/?")
 		if end < 0 {
@@ -540,7 +526,7 @@ func (r *response) parse() error {
 			r.contentLength = n
 			f.drop = true
 		case fTransferEncoding:
-			if r.chunked || !eqFold(f.value(head), "chunked") {
+			if r.chunked || !httpwire.EqualFold(f.value(head), "chunked") {
 				return errors.New("unsupported Transfer-Encoding")
 			}
 			r.chunked = true
@@ -549,9 +535,9 @@ func (r *response) parse() error {
 			f.drop = true
 			forEachToken(f.value(head), func(tok []byte) {
 				switch {
-				case eqFold(tok, "close"):
+				case httpwire.EqualFold(tok, "close"):
 					r.close = true
-				case eqFold(tok, "keep-alive"):
+				case httpwire.EqualFold(tok, "keep-alive"):
 					if r.minor == 0 {
 						r.close = false
 					}

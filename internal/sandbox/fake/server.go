@@ -6,7 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/batonfaas/baton/internal/httpwire"
 	"net"
 	"net/http"
 	"strconv"
@@ -43,7 +43,6 @@ const (
 	serverIdleTimeout = 2 * time.Minute
 	serverBufSize     = 4 << 10
 	maxHeaderLines    = 100
-	h2Preface         = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 )
 
 // NewServer starts a server on listen.
@@ -111,7 +110,7 @@ func (s *Server) accept() {
 func (s *Server) serve(c net.Conn) {
 	br := bufio.NewReaderSize(c, serverBufSize)
 	c.SetReadDeadline(time.Now().Add(serverIdleTimeout))
-	if isH2(br) {
+	if h2, _ := httpwire.StartsH2(br); h2 {
 		c.SetReadDeadline(time.Time{})
 		s.h2.ServeConn(&peekedConn{Conn: c, r: br}, &http2.ServeConnOpts{Handler: s.handler})
 		return
@@ -202,33 +201,9 @@ func refuse(c net.Conn, bw *bufio.Writer, err error) {
 	if errors.As(err, &bad) {
 		writeAnswer(bw, bad.status, "text/plain; charset=utf-8", []byte(bad.msg+"\n"), false, true)
 		if bw.Flush() == nil {
-			lingerClose(c)
+			httpwire.LingerClose(c, 500*time.Millisecond, 256<<10)
 		}
 	}
-}
-
-// lingerClose ends the connection after an answer to a request that was
-// not read to its end: it reads (for at most half a second, 256 KiB) what
-// the client still sends, so that the client reads the answer instead of a
-// reset.
-func lingerClose(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	io.CopyN(io.Discard, c, 256<<10)
-}
-
-// isH2 says whether the connection starts with the HTTP/2 preface, looking
-// at no more bytes than it needs to tell.
-func isH2(br *bufio.Reader) bool {
-	for n := 1; n <= len(h2Preface); n++ {
-		b, err := br.Peek(n)
-		if err != nil || b[n-1] != h2Preface[n-1] {
-			return false
-		}
-	}
-	return true
 }
 
 // peekedConn reads through the reader that peeked at the connection.
@@ -307,30 +282,30 @@ func (r *request) read(br *bufio.Reader) error {
 		}
 		value = bytes.Trim(value, " \t")
 		switch {
-		case equalFold(name, "content-length"):
+		case httpwire.EqualFold(name, "content-length"):
 			v, err := strconv.ParseInt(string(value), 10, 64)
 			if err != nil || v < 0 || haveLength && v != r.contentLength {
 				return bad(http.StatusBadRequest, "bad Content-Length")
 			}
 			r.contentLength, haveLength = v, true
-		case equalFold(name, "transfer-encoding"):
-			if !equalFold(value, "chunked") {
+		case httpwire.EqualFold(name, "transfer-encoding"):
+			if !httpwire.EqualFold(value, "chunked") {
 				return bad(http.StatusNotImplemented, "unsupported Transfer-Encoding "+strconv.Quote(string(value)))
 			}
 			r.chunked = true
-		case equalFold(name, "connection"):
+		case httpwire.EqualFold(name, "connection"):
 			for tok := range bytes.SplitSeq(value, []byte(",")) {
 				tok = bytes.Trim(tok, " \t")
-				closeConn = closeConn || equalFold(tok, "close")
-				keepAlive = keepAlive || equalFold(tok, "keep-alive")
+				closeConn = closeConn || httpwire.EqualFold(tok, "close")
+				keepAlive = keepAlive || httpwire.EqualFold(tok, "keep-alive")
 			}
-		case equalFold(name, "expect"):
-			r.expect100 = equalFold(value, "100-continue")
-		case equalFold(name, workload.HeaderWorkload):
+		case httpwire.EqualFold(name, "expect"):
+			r.expect100 = httpwire.EqualFold(value, "100-continue")
+		case httpwire.EqualFold(name, workload.HeaderWorkload):
 			r.workload = appendFirst(r.workload, value)
-		case equalFold(name, workload.HeaderRequestedCPU):
+		case httpwire.EqualFold(name, workload.HeaderRequestedCPU):
 			r.cpu = appendFirst(r.cpu, value)
-		case equalFold(name, workload.HeaderFunction):
+		case httpwire.EqualFold(name, workload.HeaderFunction):
 			r.function = appendFirst(r.function, value)
 		}
 	}
@@ -397,24 +372,6 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 		line = line[:n-1]
 	}
 	return line, nil
-}
-
-// equalFold says whether b equals the lower-case ASCII string s, ignoring
-// case.
-func equalFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(s) {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // writeAnswer writes an answer with a Content-Length (and no body for a
