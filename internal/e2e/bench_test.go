@@ -103,7 +103,10 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 	}
 	cpu := cpuTime() - cpu0
 	if p := os.Getenv("BATON_BENCH_DUMP"); p != "" {
-		f, _ := os.Create(p)
+		f, err := os.Create(p)
+		if err != nil {
+			b.Fatal(err)
+		}
 		for i := range lat {
 			fmt.Fprintf(f, "%d %d %s\n", starts[i].Microseconds(), lat[i].Microseconds(), timings[i])
 		}
