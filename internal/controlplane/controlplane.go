@@ -113,7 +113,6 @@ type ControlPlane struct {
 	joined      chan struct{}        // closed (and replaced) when a worker session opens
 	nodes       []placement.Node     // scratch for placement
 	nodeWorkers []*worker
-	tickScratch []*function // the loop's (tick)
 	lastEpoch   uint64
 	routeSeq    uint64
 

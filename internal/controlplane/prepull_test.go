@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -137,18 +138,6 @@ func prepullFailures(t *testing.T, c pb.ControlPlaneClient, name string) []strin
 	return out
 }
 
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // A deploy with prepull asks every connected worker to fetch the image, a
 // worker that connects later is asked for every prepull function's image,
 // a redeploy with a new image asks again, and a deploy without prepull asks
@@ -167,10 +156,10 @@ func TestPrepullOnDeployAndConnect(t *testing.T) {
 	// would have arrived before it.
 	deployImage(t, c, "r", "reg.example/r:1", true)
 	waitUntil(t, "both asked to prepull r", func() bool { return a.has("r=reg.example/r:1") && b.has("r=reg.example/r:1") })
-	if got, want := a.received(), []string{"p=reg.example/p:1", "r=reg.example/r:1"}; !equal(got, want) {
+	if got, want := a.received(), []string{"p=reg.example/p:1", "r=reg.example/r:1"}; !slices.Equal(got, want) {
 		t.Errorf("worker a was asked %v, want %v", got, want)
 	}
-	if got, want := b.received(), []string{"p=reg.example/p:1", "r=reg.example/r:1"}; !equal(got, want) {
+	if got, want := b.received(), []string{"p=reg.example/p:1", "r=reg.example/r:1"}; !slices.Equal(got, want) {
 		t.Errorf("worker b (connected after p's deploy) was asked %v, want %v", got, want)
 	}
 	if w := cp.StoreWrites(); w != writes+1 {
@@ -183,10 +172,10 @@ func TestPrepullOnDeployAndConnect(t *testing.T) {
 	deployImage(t, c, "s", "reg.example/s:1", true)
 	waitUntil(t, "both asked to prepull s", func() bool { return a.has("s=reg.example/s:1") && b.has("s=reg.example/s:1") })
 	want := []string{"p=reg.example/p:1", "r=reg.example/r:1", "p=reg.example/p:2", "s=reg.example/s:1"}
-	if got := a.received(); !equal(got, want) {
+	if got := a.received(); !slices.Equal(got, want) {
 		t.Errorf("worker a was asked %v, want %v", got, want)
 	}
-	if got := b.received(); !equal(got, want) {
+	if got := b.received(); !slices.Equal(got, want) {
 		t.Errorf("worker b was asked %v, want %v", got, want)
 	}
 	for _, w := range []*pullWorker{a, b} {
@@ -237,7 +226,7 @@ func TestPrepullFailuresShown(t *testing.T) {
 	a.report(a.epoch, "p", "reg.example/p:1", "pull: 401 Unauthorized")
 	b.report(b.epoch, "p", "reg.example/p:1", "")
 	waitUntil(t, "a's failure shown", func() bool { return len(prepullFailures(t, c, "p")) == 1 })
-	if got, want := prepullFailures(t, c, "p"), []string{"a: reg.example/p:1: pull: 401 Unauthorized"}; !equal(got, want) {
+	if got, want := prepullFailures(t, c, "p"), []string{"a: reg.example/p:1: pull: 401 Unauthorized"}; !slices.Equal(got, want) {
 		t.Fatalf("failures %v, want %v", got, want)
 	}
 
@@ -400,7 +389,7 @@ func TestWorkerPrepulls(t *testing.T) {
 		return len(prepullFailures(t, c, "bad-a")) == 1 && len(prepullFailures(t, c, "bad-b")) == 1
 	})
 	want := []string{"w: reg.example/bad:1: invalid sandbox spec: pull image reg.example/bad:1: not found"}
-	if got := prepullFailures(t, c, "bad-b"); !equal(got, want) {
+	if got := prepullFailures(t, c, "bad-b"); !slices.Equal(got, want) {
 		t.Errorf("failures of bad-b %v, want %v", got, want)
 	}
 	calls, _, maxIn := rt.stats()

@@ -25,7 +25,7 @@ const tickChunk = 256
 // tickChunk functions at a time.
 func (cp *ControlPlane) tick(now time.Time) {
 	cp.mu.Lock()
-	busy := cp.tickScratch[:0]
+	var busy []*function
 	for _, fn := range cp.functions {
 		if fn.desired == 0 && len(fn.sandboxes) == 0 && !fn.active && fn.cfg.MinScale == 0 {
 			continue // idle functions cost nothing
@@ -44,8 +44,6 @@ func (cp *ControlPlane) tick(now time.Time) {
 		}
 		cp.mu.Unlock()
 	}
-	clear(busy)
-	cp.tickScratch = busy[:0]
 	cp.mu.Lock()
 	cp.drainDue(now)
 	cp.mu.Unlock()
