@@ -28,8 +28,8 @@ func (f *containerdFlags) register(fs *flagSet) {
 	fs.StringVar(&f.bridge, "bridge", netpool.DefaultBridge, "containerd runtime: the node bridge the sandboxes' network namespaces hang on")
 	fs.StringVar(&f.subnet, "sandbox-subnet", netpool.DefaultSubnet, "containerd runtime: the node's sandbox subnet (the bridge gets its first address)")
 	fs.StringVar(&f.stateDir, "containerd-state", "", "containerd runtime: directory of the sandboxes' namespaces and output (default /run/baton/containerd/NAMESPACE/WORKER)")
-	fs.StringVar(&f.registryConfig, "registry-config", "", "containerd runtime: Docker config file with registry credentials (default $DOCKER_CONFIG/config.json or ~/.docker/config.json, if there)")
-	fs.Var(&f.insecure, "insecure-registry", "containerd runtime: registry (host[:port]) reached over plain HTTP (repeatable; loopback registries always are)")
+	fs.StringVar(&f.registryConfig, "registry-config", "", "containerd runtime: Docker config file with registry credentials (default: the one baton image push uses, $DOCKER_CONFIG/config.json or ~/.docker/config.json, if there)")
+	fs.Var(&f.insecure, "insecure-registry", "containerd runtime: registry (host[:port]) reached over plain HTTP (repeatable; loopback registries always are, private addresses when they do not speak TLS)")
 	fs.IntVar(&f.netPool, "netns-pool", netpool.DefaultSize, "containerd runtime: network namespaces kept ready")
 	fs.IntVar(&f.port, "sandbox-port", containerd.DefaultPort, "containerd runtime: the port functions serve on ($PORT) in their network namespace")
 }

@@ -48,7 +48,7 @@ func cmdImageBuild(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&env, "env", "KEY=VALUE in the image's environment (repeatable)")
 	fs.Var(&arg, "arg", "a default argument after the entrypoint (repeatable)")
 	push := fs.Bool("push", false, "push the image to its registry (credentials from the Docker config, if any)")
-	insecure := fs.Bool("insecure-registry", false, "plain HTTP to the registry (loopback and private addresses get it anyway)")
+	insecure := fs.Bool("insecure-registry", false, "plain HTTP to the registry when it does not speak TLS (loopback and private addresses get it anyway, as containerd workers do)")
 	output := fs.String("output", "", "also write the image as an archive (docker save format) for baton image import")
 	fs.BoolVar(&o.AllowDynamic, "allow-dynamic", false, "package a dynamically linked executable anyway")
 	pos, err := parse(fs, args)

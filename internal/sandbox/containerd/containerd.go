@@ -51,6 +51,7 @@ import (
 	"github.com/containerd/containerd/protobuf"
 	"github.com/containerd/containerd/snapshots"
 
+	"github.com/batonfaas/baton/internal/image"
 	"github.com/batonfaas/baton/internal/sandbox"
 	"github.com/batonfaas/baton/internal/sandbox/containerd/netpool"
 )
@@ -90,8 +91,9 @@ type Config struct {
 	// InsecureRegistries are registries (host or host:port) reached over
 	// plain HTTP; loopback ones always are.
 	InsecureRegistries []string
-	// RegistryConfig is a Docker config file whose "auths" give registry
-	// credentials; default DefaultRegistryConfig() if it exists.
+	// RegistryConfig is a Docker config file with registry credentials
+	// (its auths, credHelpers and credsStore); empty is the usual search
+	// (image.Keychain), the one `baton image push` uses.
 	RegistryConfig string
 	// Shim is containerd's runtime for the tasks; default
 	// io.containerd.runc.v2.
@@ -224,11 +226,7 @@ func New(cfg Config) (*Runtime, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	regCfg, mustExist := cfg.RegistryConfig, true
-	if regCfg == "" {
-		regCfg, mustExist = DefaultRegistryConfig(), false
-	}
-	creds, err := loadCredentials(regCfg, mustExist)
+	keychain, err := image.Keychain(cfg.RegistryConfig)
 	if err != nil {
 		return nil, fmt.Errorf("containerd runtime: %w", err)
 	}
@@ -280,7 +278,7 @@ func New(cfg Config) (*Runtime, error) {
 		log:    log,
 		client: client,
 		pool:   pool,
-		images: &images{ctx: ctx, client: client, snapshotter: cfg.Snapshotter, insecure: insecure, creds: creds,
+		images: &images{ctx: ctx, client: client, snapshotter: cfg.Snapshotter, insecure: insecure, keychain: keychain,
 			pullTimeout: cfg.PullTimeout, entries: map[string]*imageEntry{}},
 		onExit: onExit,
 		logDir: logDir,

@@ -2,14 +2,10 @@ package containerd
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -20,10 +16,12 @@ import (
 	"github.com/containerd/containerd/remotes"
 	"github.com/containerd/containerd/remotes/docker"
 	"github.com/distribution/reference"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/batonfaas/baton/internal/image"
 	"github.com/batonfaas/baton/internal/sandbox"
 )
 
@@ -104,7 +102,7 @@ type images struct {
 	client      *containerd.Client
 	snapshotter string
 	insecure    map[string]bool
-	creds       credentials
+	keychain    authn.Keychain
 	pullTimeout time.Duration
 
 	mu      sync.Mutex
@@ -263,11 +261,28 @@ func (is *images) pull(ctx context.Context, name string) (containerd.Image, erro
 	return img, nil
 }
 
+// resolver is made for each lookup or pull: it reads the credentials
+// afresh, and its fallback transport remembers only this pull's host.
 func (is *images) resolver() remotes.Resolver {
-	return docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(
+	return docker.NewResolver(docker.ResolverOptions{Hosts: is.hosts()})
+}
+
+func (is *images) hosts() docker.RegistryHosts {
+	creds := func(host string) (string, string, error) { return image.Credentials(is.ctx, is.keychain, host) }
+	hosts := docker.ConfigureDefaultRegistries(
 		docker.WithPlainHTTP(func(host string) (bool, error) { return is.plainHTTP(host), nil }),
-		docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(is.creds.lookup))),
-	)})
+		docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(creds))),
+	)
+	fallback := &http.Client{Transport: docker.NewHTTPFallback(http.DefaultTransport)}
+	return func(host string) ([]docker.RegistryHost, error) {
+		rh, err := hosts(host)
+		if err == nil && !is.plainHTTP(host) && image.MayUsePlainHTTP(host) {
+			for i := range rh {
+				rh[i].Client = fallback
+			}
+		}
+		return rh, err
+	}
 }
 
 // pullError classifies a failure to look up or pull name: ErrInvalid when
@@ -282,8 +297,10 @@ func pullError(name string, err error) error {
 	return fmt.Errorf("%w: pull image %s: %v", class, name, err)
 }
 
-// plainHTTP says whether host (host[:port]) is reached over plain HTTP:
-// loopback registries and those configured insecure.
+// plainHTTP says whether host (host[:port]) is reached over plain HTTP
+// only: loopback registries and those configured insecure. Other hosts
+// image.MayUsePlainHTTP allows (private addresses, *.localhost) are tried with
+// TLS first and plain HTTP when they answer it, as `image push` does.
 func (is *images) plainHTTP(host string) bool {
 	if is.insecure[host] {
 		return true
@@ -297,88 +314,4 @@ func (is *images) plainHTTP(host string) bool {
 	}
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
-}
-
-// credentials are registry credentials by host, from a Docker config file.
-type credentials map[string]credential
-
-type credential struct{ user, secret string }
-
-func (c credentials) lookup(host string) (string, string, error) {
-	if cr, ok := c[host]; ok {
-		return cr.user, cr.secret, nil
-	}
-	if host == "registry-1.docker.io" {
-		for _, k := range []string{"docker.io", "index.docker.io"} {
-			if cr, ok := c[k]; ok {
-				return cr.user, cr.secret, nil
-			}
-		}
-	}
-	return "", "", nil
-}
-
-// registryHost is the host[:port] of a Docker config "auths" key, which
-// may be a URL ("https://index.docker.io/v1/").
-func registryHost(key string) string {
-	key = strings.TrimPrefix(strings.TrimPrefix(key, "https://"), "http://")
-	host, _, _ := strings.Cut(key, "/")
-	return host
-}
-
-// DefaultRegistryConfig is the Docker config file whose "auths" give
-// registry credentials when Config.RegistryConfig is empty:
-// $DOCKER_CONFIG/config.json, else ~/.docker/config.json (read only if it
-// exists).
-func DefaultRegistryConfig() string {
-	if d := os.Getenv("DOCKER_CONFIG"); d != "" {
-		return filepath.Join(d, "config.json")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".docker", "config.json")
-	}
-	return ""
-}
-
-// loadCredentials reads the "auths" of a Docker config file: for each
-// registry either "auth" (base64 of user:password) or "username" and
-// "password". Credential helpers (credsStore) are not run.
-func loadCredentials(path string, mustExist bool) (credentials, error) {
-	out := credentials{}
-	if path == "" {
-		return out, nil
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		if !mustExist && errors.Is(err, os.ErrNotExist) {
-			return out, nil
-		}
-		return nil, fmt.Errorf("registry credentials: %w", err)
-	}
-	var cfg struct {
-		Auths map[string]struct {
-			Auth     string `json:"auth"`
-			Username string `json:"username"`
-			Password string `json:"password"`
-		} `json:"auths"`
-	}
-	if err := json.Unmarshal(data, &cfg); err != nil {
-		return nil, fmt.Errorf("registry credentials %s: %w", path, err)
-	}
-	for host, a := range cfg.Auths {
-		cr := credential{user: a.Username, secret: a.Password}
-		if a.Auth != "" {
-			raw, err := base64.StdEncoding.DecodeString(a.Auth)
-			if err != nil {
-				return nil, fmt.Errorf("registry credentials %s: auth of %s: %w", path, host, err)
-			}
-			u, p, ok := strings.Cut(string(raw), ":")
-			if !ok {
-				return nil, fmt.Errorf("registry credentials %s: auth of %s is not user:password", path, host)
-			}
-			cr = credential{user: u, secret: p}
-		}
-		out[registryHost(host)] = cr
-	}
-	return out, nil
 }

@@ -1,42 +1,12 @@
 package containerd
 
 import (
-	"os"
-	"path/filepath"
+	"net/http"
+	"net/http/httptest"
 	"testing"
-)
 
-func TestCredentials(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "config.json")
-	os.WriteFile(path, []byte(`{"auths": {
-		"reg.example:5000": {"auth": "dXNlcjpwYTpzcw=="},
-		"https://index.docker.io/v1/": {"username": "hub", "password": "secret"}
-	}}`), 0o600)
-	c, err := loadCredentials(path, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for host, want := range map[string][2]string{
-		"reg.example:5000":     {"user", "pa:ss"},
-		"registry-1.docker.io": {"hub", "secret"},
-		"other.example":        {"", ""},
-	} {
-		u, p, err := c.lookup(host)
-		if err != nil || u != want[0] || p != want[1] {
-			t.Errorf("lookup(%s) = %q %q %v, want %q %q", host, u, p, err, want[0], want[1])
-		}
-	}
-	if _, err := loadCredentials(filepath.Join(t.TempDir(), "none.json"), false); err != nil {
-		t.Errorf("a missing default config: %v", err)
-	}
-	if _, err := loadCredentials(filepath.Join(t.TempDir(), "none.json"), true); err == nil {
-		t.Error("a missing configured file is not an error")
-	}
-	os.WriteFile(path, []byte(`{"auths": {"r": {"auth": "bm9jb2xvbg=="}}}`), 0o600)
-	if _, err := loadCredentials(path, true); err == nil {
-		t.Error("an auth without a colon is not an error")
-	}
-}
+	"github.com/google/go-containerregistry/pkg/authn"
+)
 
 func TestPlainHTTP(t *testing.T) {
 	is := &images{insecure: map[string]bool{"insecure.example:5000": true, "bare.example": true}}
@@ -52,6 +22,62 @@ func TestPlainHTTP(t *testing.T) {
 		if got := is.plainHTTP(host); got != want {
 			t.Errorf("plainHTTP(%s) = %v, want %v", host, got, want)
 		}
+	}
+}
+
+// TestResolverHosts: a registry at a private address is tried with TLS and
+// then plain HTTP (as `image push` does), one configured insecure or on
+// loopback gets plain HTTP only, a public one TLS only.
+func TestResolverHosts(t *testing.T) {
+	is := &images{ctx: t.Context(), insecure: map[string]bool{"10.0.0.9:5000": true}, keychain: authn.DefaultKeychain}
+	hosts := is.hosts()
+	for host, want := range map[string]struct {
+		scheme   string
+		fallback bool
+	}{
+		"10.1.2.3:5000":        {"https", true},
+		"192.168.1.5":          {"https", true},
+		"registry.localhost:5000":  {"https", true},
+		"10.0.0.9:5000":        {"http", false},
+		"127.0.0.1:5000":       {"http", false},
+		"registry.example.com": {"https", false},
+		"docker.io":            {"https", false},
+	} {
+		rh, err := hosts(host)
+		if err != nil || len(rh) != 1 {
+			t.Fatalf("hosts(%s) = %v, %v", host, rh, err)
+		}
+		fallback := rh[0].Client != nil && rh[0].Client != http.DefaultClient
+		if rh[0].Scheme != want.scheme || fallback != want.fallback {
+			t.Errorf("hosts(%s): scheme %s, fallback %v; want %s, %v", host, rh[0].Scheme, fallback, want.scheme, want.fallback)
+		}
+	}
+}
+
+// TestResolverFallsBackToPlainHTTP: through the fallback transport, a
+// registry that answers plain HTTP on a port TLS was tried on is reached.
+func TestResolverFallsBackToPlainHTTP(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	is := &images{ctx: t.Context(), keychain: authn.DefaultKeychain}
+	rh, err := is.hosts()("10.1.2.3:5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", "https://"+srv.Listener.Addr().String()+"/v2/", nil)
+	resp, err := rh[0].Client.Do(req)
+	if err != nil {
+		t.Fatalf("through the fallback: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Request.URL.Scheme != "http" {
+		t.Errorf("status %d over %s, want 200 over http", resp.StatusCode, resp.Request.URL.Scheme)
 	}
 }
 
