@@ -72,6 +72,9 @@ type Worker struct {
 	queued    int
 	creating  int
 	pulls     map[string]*prepull // image -> its prepull in flight
+	// adopted: the runtime's sandboxes were taken over once, at the
+	// first session; later sessions only report what is ours.
+	adopted bool
 
 	wg sync.WaitGroup
 }
@@ -225,17 +228,26 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 	w.mu.Lock()
 	// Sandboxes the runtime found again after a restart of this process
 	// (the containerd runtime adopts its running containers) are ours now:
-	// count them, delete them when told, report their exits.
-	for _, sb := range list {
-		if _, ok := w.sandboxes[sb.ID]; !ok {
-			w.sandboxes[sb.ID] = &entry{spec: sandbox.Spec{ID: sb.ID, Function: sb.Function, Generation: sb.Generation,
-				CPUMillicores: sb.CPUMillicores, MemoryMiB: sb.MemoryMiB}, sb: sb, ready: true, cancel: func() {}}
+	// count them, delete them when told, report their exits. That is done
+	// once: on a reconnect, a listed sandbox we do not hold is one being
+	// deleted, not one to take back.
+	if !w.adopted {
+		for _, sb := range list {
+			if _, ok := w.sandboxes[sb.ID]; !ok {
+				w.sandboxes[sb.ID] = &entry{spec: sandbox.Spec{ID: sb.ID, Function: sb.Function, Generation: sb.Generation,
+					CPUMillicores: sb.CPUMillicores, MemoryMiB: sb.MemoryMiB}, sb: sb, ready: true, cancel: func() {}}
+			}
 		}
+		w.adopted = true
 	}
 	hello := &pb.WorkerHello{WorkerId: w.cfg.ID, Hostname: w.cfg.Hostname, Runtime: w.rt.Name(),
 		Capacity: w.capacity(), LastEpoch: w.lastEpoch}
+	held := 0
 	for _, sb := range list {
-		hello.Sandboxes = append(hello.Sandboxes, info(sb))
+		if _, ok := w.sandboxes[sb.ID]; ok {
+			hello.Sandboxes = append(hello.Sandboxes, info(sb))
+			held++
+		}
 	}
 	w.mu.Unlock()
 	if err := stream.Send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Hello{Hello: hello}}); err != nil {
@@ -261,7 +273,7 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 		s.closed = true
 		w.mu.Unlock()
 	}()
-	w.log.Info("connected to control plane", "addr", w.cfg.ControlPlane, "epoch", acc.Epoch, "sandboxes", len(list))
+	w.log.Info("connected to control plane", "addr", w.cfg.ControlPlane, "epoch", acc.Epoch, "sandboxes", held)
 
 	errc := make(chan error, 3)
 	go func() { errc <- w.sender(ctx, stream, s) }()

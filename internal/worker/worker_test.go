@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -25,21 +26,45 @@ type cpStub struct {
 
 	mu     sync.Mutex
 	events []*pb.SandboxEvent
+	hellos []*pb.WorkerHello
+	hbs    []*pb.WorkerHeartbeat
+	end    chan struct{} // a value ends the current session
 }
 
 func (c *cpStub) WorkerSession(stream pb.ControlPlane_WorkerSessionServer) error {
-	if _, err := stream.Recv(); err != nil { // the hello
+	m, err := stream.Recv()
+	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	c.hellos = append(c.hellos, m.GetHello())
+	c.mu.Unlock()
 	if err := stream.Send(&pb.WorkerCommand{Epoch: c.epoch, Cmd: &pb.WorkerCommand_Accepted{
-		Accepted: &pb.SessionAccepted{Epoch: c.epoch, HeartbeatIntervalMs: 1000}}}); err != nil {
+		Accepted: &pb.SessionAccepted{Epoch: c.epoch, HeartbeatIntervalMs: 20}}}); err != nil {
 		return err
 	}
+	ended := make(chan error, 2)
 	go func() {
-		for cmd := range c.out {
-			stream.Send(cmd)
+		for {
+			select {
+			case cmd, ok := <-c.out:
+				if !ok {
+					return
+				}
+				stream.Send(cmd)
+			case <-c.end:
+				ended <- errors.New("session ended by the test")
+				return
+			case <-stream.Context().Done():
+				return
+			}
 		}
 	}()
+	go func() { ended <- c.record(stream) }()
+	return <-ended
+}
+
+func (c *cpStub) record(stream pb.ControlPlane_WorkerSessionServer) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -53,6 +78,9 @@ func (c *cpStub) WorkerSession(stream pb.ControlPlane_WorkerSessionServer) error
 		for _, m := range msgs {
 			if ev := m.GetEvent(); ev != nil {
 				c.events = append(c.events, ev)
+			}
+			if hb := m.GetHeartbeat(); hb != nil {
+				c.hbs = append(c.hbs, hb)
 			}
 		}
 		c.mu.Unlock()
@@ -119,6 +147,105 @@ func TestWorkerBatches(t *testing.T) {
 	}
 	if stub.ready()["stale"] {
 		t.Fatal("a command with a stale epoch inside a batch created its sandbox")
+	}
+}
+
+// slowDelete is a runtime whose deletions wait for the test.
+type slowDelete struct {
+	sandbox.Runtime
+	deleting chan string
+	release  chan struct{}
+}
+
+func (r *slowDelete) Delete(ctx context.Context, id string) error {
+	r.deleting <- id
+	<-r.release
+	return r.Runtime.Delete(ctx, id)
+}
+
+// A sandbox still being deleted when the session breaks is not taken back
+// on the reconnect: not in the new hello, not counted as used.
+func TestReconnectDoesNotReadopt(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stub := &cpStub{epoch: 7, out: make(chan *pb.WorkerCommand, 4), end: make(chan struct{}, 1)}
+	srv := grpc.NewServer()
+	pb.RegisterControlPlaneServer(srv, stub)
+	go srv.Serve(ln)
+	defer srv.Stop()
+	defer close(stub.out)
+
+	rt := &slowDelete{deleting: make(chan string, 4), release: make(chan struct{})}
+	w, err := New(Config{ID: "w", ControlPlane: ln.Addr().String(),
+		Capacity: Resources{CPUMillicores: 100000, MemoryMiB: 100000, Sandboxes: 1000},
+		NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+			f, err := fake.New(fake.Config{OnExit: onExit})
+			rt.Runtime = f
+			return rt, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	released := false
+	defer func() {
+		if !released {
+			close(rt.release)
+		}
+		cancel()
+		<-done
+	}()
+
+	stub.out <- create(7, "a")
+	stub.out <- create(7, "b")
+	eventually(t, "both sandboxes ready", func() bool { return len(stub.ready()) == 2 })
+	stub.out <- &pb.WorkerCommand{Epoch: 7, Cmd: &pb.WorkerCommand_Delete{Delete: &pb.DeleteSandbox{SandboxId: "a"}}}
+	if id := <-rt.deleting; id != "a" {
+		t.Fatalf("deleting %s, want a", id)
+	}
+	stub.end <- struct{}{}
+	eventually(t, "a second session", func() bool {
+		stub.mu.Lock()
+		defer stub.mu.Unlock()
+		return len(stub.hellos) == 2
+	})
+	stub.mu.Lock()
+	hello := stub.hellos[1]
+	stub.mu.Unlock()
+	var ids []string
+	for _, sb := range hello.Sandboxes {
+		ids = append(ids, sb.SandboxId)
+	}
+	if len(ids) != 1 || ids[0] != "b" {
+		t.Errorf("the reconnect's hello lists %v, want [b] (a is being deleted)", ids)
+	}
+	eventually(t, "a heartbeat of the second session", func() bool {
+		stub.mu.Lock()
+		defer stub.mu.Unlock()
+		return len(stub.hbs) > 0
+	})
+	w.mu.Lock()
+	used := w.used()
+	w.mu.Unlock()
+	if used.Sandboxes != 1 {
+		t.Errorf("used %d sandboxes after the reconnect, want 1", used.Sandboxes)
+	}
+	close(rt.release)
+	released = true
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 10s: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
