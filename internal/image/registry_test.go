@@ -8,15 +8,15 @@ import (
 
 func TestMayUsePlainHTTP(t *testing.T) {
 	for host, want := range map[string]bool{
-		"127.0.0.1:5000":       true,
-		"localhost:5000":       true,
-		"10.0.0.1:5000":        true,
-		"172.20.0.3":           true,
-		"192.168.1.5:5000":     true,
-		"registry.localhost:5000":  true,
-		"172.32.0.1:5000":      false,
-		"registry.example.com": false,
-		"index.docker.io":      false,
+		"127.0.0.1:5000":          true,
+		"localhost:5000":          true,
+		"10.0.0.1:5000":           true,
+		"172.20.0.3":              true,
+		"192.168.1.5:5000":        true,
+		"registry.localhost:5000": true,
+		"172.32.0.1:5000":         false,
+		"registry.example.com":    false,
+		"index.docker.io":         false,
 	} {
 		if got := MayUsePlainHTTP(host); got != want {
 			t.Errorf("MayUsePlainHTTP(%s) = %v, want %v", host, got, want)

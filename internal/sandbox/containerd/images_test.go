@@ -35,13 +35,13 @@ func TestResolverHosts(t *testing.T) {
 		scheme   string
 		fallback bool
 	}{
-		"10.1.2.3:5000":        {"https", true},
-		"192.168.1.5":          {"https", true},
-		"registry.localhost:5000":  {"https", true},
-		"10.0.0.9:5000":        {"http", false},
-		"127.0.0.1:5000":       {"http", false},
-		"registry.example.com": {"https", false},
-		"docker.io":            {"https", false},
+		"10.1.2.3:5000":           {"https", true},
+		"192.168.1.5":             {"https", true},
+		"registry.localhost:5000": {"https", true},
+		"10.0.0.9:5000":           {"http", false},
+		"127.0.0.1:5000":          {"http", false},
+		"registry.example.com":    {"https", false},
+		"docker.io":               {"https", false},
 	} {
 		rh, err := hosts(host)
 		if err != nil || len(rh) != 1 {
