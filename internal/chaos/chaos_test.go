@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
 	"github.com/batonfaas/baton/internal/cpclient"
@@ -44,6 +48,45 @@ func readyOf(t *testing.T, c *cpclient.Client, fn string) int32 {
 		}
 	}
 	return 0
+}
+
+// routedTo returns the workers of fn's ready sandboxes, one entry a sandbox,
+// as the control plane routes them: it opens a data-plane session of its own
+// at the control plane cp, reads the first update (a full snapshot, each
+// endpoint naming its worker) and closes the session.
+func routedTo(t *testing.T, cp, fn string) []string {
+	t.Helper()
+	conn, err := grpc.NewClient(cp, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel() // ends the session
+	stream, err := pb.NewControlPlaneClient(conn).DataPlaneSession(ctx)
+	if err != nil {
+		t.Fatalf("route snapshot: %v", err)
+	}
+	hello := &pb.DataPlaneHello{DataPlaneId: "chaos-route-reader"}
+	if err := stream.Send(&pb.DataPlaneMessage{Msg: &pb.DataPlaneMessage_Hello{Hello: hello}}); err != nil {
+		t.Fatalf("route snapshot: send hello: %v", err)
+	}
+	u, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("route snapshot: %v", err)
+	}
+	if !u.Full {
+		t.Fatalf("route snapshot: the first update of a session is not full: %v", u)
+	}
+	var workers []string
+	for _, r := range u.Functions {
+		if r.Name == fn {
+			for _, e := range r.Endpoints {
+				workers = append(workers, e.WorkerId)
+			}
+		}
+	}
+	return workers
 }
 
 // Scenarios 1 and 5 of issue 5: SIGKILL the leader of three control-plane
@@ -226,7 +269,7 @@ func TestKillWorker(t *testing.T) {
 	dp := freeAddr(t)
 	start(t, "dp", "dataplane", "--listen", dp, "--controlplane", cp)
 	w1 := start(t, "w1", "worker", "--controlplane", cp, "--worker-id", "chaos-k1")
-	start(t, "w2", "worker", "--controlplane", cp, "--worker-id", "chaos-k2")
+	w2 := start(t, "w2", "worker", "--controlplane", cp, "--worker-id", "chaos-k2")
 	workersUp(t, c, 2, 1)
 	deploy(t, c, helloSpec(t, "f", 2))
 	// slow keeps requests in flight in its sandboxes: those on the killed
@@ -234,32 +277,52 @@ func TestKillWorker(t *testing.T) {
 	// other (GET: the default retry policy allows it).
 	deploy(t, c, &pb.FunctionSpec{Name: "slow", Binary: bin(t, "workload"), CpuMillicores: 50, MemoryMib: 32,
 		Concurrency: 8, Scaling: &pb.ScalingSpec{MinScale: 2, ScaleToZeroGraceMs: 600_000}})
-	onWorkers := func() (on1, on2 int32) {
+	onWorkers := func() map[string]int32 { // sandboxes on each worker that is up
+		m := map[string]int32{}
 		for _, w := range status(t, c).Workers {
-			switch {
-			case w.WorkerId == "chaos-k1" && w.Up:
-				on1 = w.Sandboxes
-			case w.WorkerId == "chaos-k2":
-				on2 = w.Sandboxes
+			if w.Up {
+				m[w.WorkerId] = w.Sandboxes
 			}
 		}
-		return
+		return m
 	}
-	waitFor(t, 10*time.Second, "two sandboxes on each worker", func() bool { a, b := onWorkers(); return a == 2 && b == 2 })
+	waitFor(t, 10*time.Second, "two sandboxes on each worker", func() bool {
+		m := onWorkers()
+		return m["chaos-k1"] == 2 && m["chaos-k2"] == 2
+	})
+	// The worker to kill is one that runs a sandbox of slow: placement
+	// decides where they go, and a kill elsewhere would leave no request
+	// in flight on the dead worker.
+	var slowOn []string
+	waitFor(t, 10*time.Second, "both sandboxes of slow routed", func() bool {
+		slowOn = routedTo(t, cp, "slow")
+		return len(slowOn) == 2
+	})
+	victim, victimID, survivorID := w1, "chaos-k1", "chaos-k2"
+	if !slices.Contains(slowOn, victimID) {
+		victim, victimID, survivorID = w2, "chaos-k2", "chaos-k1"
+	}
 
 	l := startLoad([]string{dp}, "f", 2*time.Millisecond)
 	slow := startSlowLoad(dp, "slow", 12, 200*time.Millisecond)
 	time.Sleep(300 * time.Millisecond)
-	w1.kill()
+	if on := routedTo(t, cp, "slow"); !slices.Contains(on, victimID) {
+		l.end()
+		slow.end()
+		t.Fatalf("slow has no ready sandbox on %s, the worker about to be killed (its sandboxes are on %v): "+
+			"no request of slow would be in flight on the dead worker", victimID, on)
+	}
+	victim.kill()
 	recovered := waitFor(t, 10*time.Second, "four sandboxes on the surviving worker", func() bool {
-		a, b := onWorkers()
-		return a == 0 && b == 4 && readyOf(t, c, "f") == 2 && readyOf(t, c, "slow") == 2
+		m := onWorkers()
+		return m[victimID] == 0 && m[survivorID] == 4 && readyOf(t, c, "f") == 2 && readyOf(t, c, "slow") == 2
 	})
 	time.Sleep(300 * time.Millisecond)
 	ok, failed := l.end()
 	sok, sfailed := slow.end()
-	t.Logf("worker SIGKILL: back to all ready sandboxes after %s (heartbeat timeout 1s); fast requests: %d ok, %d failed; "+
-		"slow requests (in flight at the kill): %d ok, %d failed", recovered.Round(time.Millisecond), ok, failed, sok, sfailed)
+	t.Logf("worker SIGKILL (%s; slow's sandboxes were on %v): back to all ready sandboxes after %s (heartbeat timeout 1s); "+
+		"fast requests: %d ok, %d failed; slow requests (in flight at the kill): %d ok, %d failed",
+		victimID, slowOn, recovered.Round(time.Millisecond), ok, failed, sok, sfailed)
 	if recovered > 1*time.Second+time.Second {
 		t.Errorf("replacement took %s, want within the heartbeat timeout (1s) plus 1s", recovered)
 	}

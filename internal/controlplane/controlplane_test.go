@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -39,7 +40,8 @@ func startCP(t *testing.T, dir string) (*ControlPlane, pb.ControlPlaneClient, fu
 }
 
 // fakeWorker answers every CreateSandbox with READY and every DeleteSandbox
-// with DELETED, and heartbeats while beating is true.
+// with DELETED, records the PrepullImage commands (the test answers them,
+// with reportImage), and heartbeats while beating is true.
 type fakeWorker struct {
 	t      *testing.T
 	id     string
@@ -52,8 +54,9 @@ type fakeWorker struct {
 	deleted  []string
 	creates  int
 	beating  bool
-	hold     bool              // creations are not answered: the test does it
-	held     []*pb.SandboxInfo // what was created while holding
+	hold     bool                // creations are not answered: the test does it
+	held     []*pb.SandboxInfo   // what was created while holding
+	prepull  []*pb.WorkerCommand // the PrepullImage commands, in order
 	sendMu   sync.Mutex
 	finished chan struct{}
 }
@@ -137,6 +140,10 @@ func (w *fakeWorker) handle(cmd *pb.WorkerCommand) {
 		w.mu.Unlock()
 		w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
 			Epoch: w.epoch, Kind: pb.SandboxEvent_KIND_DELETED, Sandbox: &pb.SandboxInfo{SandboxId: c.Delete.SandboxId}}}})
+	case *pb.WorkerCommand_Prepull:
+		w.mu.Lock()
+		w.prepull = append(w.prepull, cmd)
+		w.mu.Unlock()
 	}
 }
 
@@ -173,6 +180,30 @@ func (w *fakeWorker) deletedIDs() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]string(nil), w.deleted...)
+}
+
+// prepulls lists the PrepullImage commands received, in order, as
+// "function=image".
+func (w *fakeWorker) prepulls() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]string, 0, len(w.prepull))
+	for _, cmd := range w.prepull {
+		p := cmd.GetPrepull()
+		out = append(out, p.Function+"="+p.Image)
+	}
+	return out
+}
+
+// asked reports whether a PrepullImage command for pull ("function=image")
+// was received.
+func (w *fakeWorker) asked(pull string) bool { return slices.Contains(w.prepulls(), pull) }
+
+// reportImage sends the outcome of a prepull of image for fn in the session
+// of the given epoch: a failure when failure is not empty.
+func (w *fakeWorker) reportImage(epoch uint64, fn, image, failure string) {
+	w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Image{Image: &pb.ImageEvent{
+		Epoch: epoch, Function: fn, Image: image, Ok: failure == "", Reason: failure}}})
 }
 
 // fakeDataPlane records the routes it is pushed.

@@ -18,105 +18,6 @@ import (
 	nodeagent "github.com/batonfaas/baton/internal/worker"
 )
 
-// pullWorker is a fake worker that records the PrepullImage commands it
-// gets, in order, and heartbeats so that it stays up.
-type pullWorker struct {
-	id     string
-	stream pb.ControlPlane_WorkerSessionClient
-	epoch  uint64
-	cancel context.CancelFunc
-	sendMu sync.Mutex
-
-	mu     sync.Mutex
-	pulls  []string // "function=image"
-	epochs []uint64 // of the commands carrying them
-	beat   bool
-}
-
-func connectPullWorker(t *testing.T, c pb.ControlPlaneClient, id string) *pullWorker {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	s, err := c.WorkerSession(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &pullWorker{id: id, stream: s, cancel: cancel, beat: true}
-	if err := s.Send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Hello{Hello: &pb.WorkerHello{WorkerId: id, Runtime: "containerd",
-		Capacity: &pb.Resources{CpuMillicores: 100000, MemoryMib: 100000}}}}); err != nil {
-		t.Fatal(err)
-	}
-	first, err := s.Recv()
-	if err != nil || first.GetAccepted() == nil {
-		t.Fatalf("no SessionAccepted: %v %v", first, err)
-	}
-	w.epoch = first.GetAccepted().Epoch
-	go func() {
-		for {
-			cmd, err := s.Recv()
-			if err != nil {
-				return
-			}
-			cmds := []*pb.WorkerCommand{cmd}
-			if b := cmd.GetBatch(); b != nil {
-				cmds = b.Commands
-			}
-			for _, cmd := range cmds {
-				if p := cmd.GetPrepull(); p != nil {
-					w.mu.Lock()
-					w.pulls = append(w.pulls, p.Function+"="+p.Image)
-					w.epochs = append(w.epochs, cmd.Epoch)
-					w.mu.Unlock()
-				}
-			}
-		}
-	}()
-	go func() {
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			w.mu.Lock()
-			beat := w.beat
-			w.mu.Unlock()
-			if beat {
-				w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Heartbeat{Heartbeat: &pb.WorkerHeartbeat{Epoch: w.epoch}}})
-			}
-		}
-	}()
-	return w
-}
-
-func (w *pullWorker) send(m *pb.WorkerMessage) {
-	w.sendMu.Lock()
-	defer w.sendMu.Unlock()
-	w.stream.Send(m)
-}
-
-func (w *pullWorker) report(epoch uint64, fn, image, failure string) {
-	w.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Image{Image: &pb.ImageEvent{
-		Epoch: epoch, Function: fn, Image: image, Ok: failure == "", Reason: failure}}})
-}
-
-func (w *pullWorker) received() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]string(nil), w.pulls...)
-}
-
-func (w *pullWorker) has(pull string) bool {
-	for _, p := range w.received() {
-		if p == pull {
-			return true
-		}
-	}
-	return false
-}
-
 func deployImage(t *testing.T, c pb.ControlPlaneClient, name, image string, prepull bool) {
 	t.Helper()
 	if _, err := c.DeployFunction(context.Background(), &pb.DeployFunctionRequest{Spec: &pb.FunctionSpec{
@@ -145,21 +46,21 @@ func prepullFailures(t *testing.T, c pb.ControlPlaneClient, name string) []strin
 func TestPrepullOnDeployAndConnect(t *testing.T) {
 	cp, c, stop := startCP(t, t.TempDir())
 	defer stop()
-	a := connectPullWorker(t, c, "a")
+	a := connectWorker(t, c, "a")
 
 	deployImage(t, c, "p", "reg.example/p:1", true)
-	waitUntil(t, "a asked to prepull p", func() bool { return a.has("p=reg.example/p:1") })
+	waitUntil(t, "a asked to prepull p", func() bool { return a.asked("p=reg.example/p:1") })
 	deployImage(t, c, "q", "reg.example/q:1", false)
 	writes := cp.StoreWrites()
-	b := connectPullWorker(t, c, "b")
+	b := connectWorker(t, c, "b")
 	// Commands to one worker keep their order: once r's arrives, q's
 	// would have arrived before it.
 	deployImage(t, c, "r", "reg.example/r:1", true)
-	waitUntil(t, "both asked to prepull r", func() bool { return a.has("r=reg.example/r:1") && b.has("r=reg.example/r:1") })
-	if got, want := a.received(), []string{"p=reg.example/p:1", "r=reg.example/r:1"}; !slices.Equal(got, want) {
+	waitUntil(t, "both asked to prepull r", func() bool { return a.asked("r=reg.example/r:1") && b.asked("r=reg.example/r:1") })
+	if got, want := a.prepulls(), []string{"p=reg.example/p:1", "r=reg.example/r:1"}; !slices.Equal(got, want) {
 		t.Errorf("worker a was asked %v, want %v", got, want)
 	}
-	if got, want := b.received(), []string{"p=reg.example/p:1", "r=reg.example/r:1"}; !slices.Equal(got, want) {
+	if got, want := b.prepulls(), []string{"p=reg.example/p:1", "r=reg.example/r:1"}; !slices.Equal(got, want) {
 		t.Errorf("worker b (connected after p's deploy) was asked %v, want %v", got, want)
 	}
 	if w := cp.StoreWrites(); w != writes+1 {
@@ -170,18 +71,18 @@ func TestPrepullOnDeployAndConnect(t *testing.T) {
 	deployImage(t, c, "p", "reg.example/p:2", true)
 	deployImage(t, c, "r", "reg.example/r:2", false)
 	deployImage(t, c, "s", "reg.example/s:1", true)
-	waitUntil(t, "both asked to prepull s", func() bool { return a.has("s=reg.example/s:1") && b.has("s=reg.example/s:1") })
+	waitUntil(t, "both asked to prepull s", func() bool { return a.asked("s=reg.example/s:1") && b.asked("s=reg.example/s:1") })
 	want := []string{"p=reg.example/p:1", "r=reg.example/r:1", "p=reg.example/p:2", "s=reg.example/s:1"}
-	if got := a.received(); !slices.Equal(got, want) {
+	if got := a.prepulls(); !slices.Equal(got, want) {
 		t.Errorf("worker a was asked %v, want %v", got, want)
 	}
-	if got := b.received(); !slices.Equal(got, want) {
+	if got := b.prepulls(); !slices.Equal(got, want) {
 		t.Errorf("worker b was asked %v, want %v", got, want)
 	}
-	for _, w := range []*pullWorker{a, b} {
+	for _, w := range []*fakeWorker{a, b} {
 		w.mu.Lock()
-		for _, e := range w.epochs {
-			if e != w.epoch {
+		for _, cmd := range w.prepull {
+			if e := cmd.Epoch; e != w.epoch {
 				t.Errorf("worker %s: a prepull with epoch %d in session %d", w.id, e, w.epoch)
 			}
 		}
@@ -189,11 +90,11 @@ func TestPrepullOnDeployAndConnect(t *testing.T) {
 	}
 
 	// A worker connecting now gets the current images of p and s only.
-	d := connectPullWorker(t, c, "d")
+	d := connectWorker(t, c, "d")
 	deployImage(t, c, "z", "reg.example/z:1", true) // a marker, as above
-	waitUntil(t, "d asked to prepull z", func() bool { return d.has("z=reg.example/z:1") })
-	got := d.received()
-	if len(got) != 3 || got[2] != "z=reg.example/z:1" || !d.has("p=reg.example/p:2") || !d.has("s=reg.example/s:1") {
+	waitUntil(t, "d asked to prepull z", func() bool { return d.asked("z=reg.example/z:1") })
+	got := d.prepulls()
+	if len(got) != 3 || got[2] != "z=reg.example/z:1" || !d.asked("p=reg.example/p:2") || !d.asked("s=reg.example/s:1") {
 		t.Errorf("worker d (connected last) was asked %v, want p:2 and s:1 (any order), then z:1", got)
 	}
 }
@@ -216,15 +117,15 @@ func TestPrepullNeedsImage(t *testing.T) {
 func TestPrepullFailuresShown(t *testing.T) {
 	cp, c, stop := startCP(t, t.TempDir())
 	defer stop()
-	a := connectPullWorker(t, c, "a")
-	b := connectPullWorker(t, c, "b")
+	a := connectWorker(t, c, "a")
+	b := connectWorker(t, c, "b")
 	deployImage(t, c, "p", "reg.example/p:1", true)
 	deployImage(t, c, "m", "reg.example/m:1", true) // a marker: reports about m are seen
-	waitUntil(t, "both asked to prepull", func() bool { return a.has("m=reg.example/m:1") && b.has("m=reg.example/m:1") })
+	waitUntil(t, "both asked to prepull", func() bool { return a.asked("m=reg.example/m:1") && b.asked("m=reg.example/m:1") })
 	writes := cp.StoreWrites()
 
-	a.report(a.epoch, "p", "reg.example/p:1", "pull: 401 Unauthorized")
-	b.report(b.epoch, "p", "reg.example/p:1", "")
+	a.reportImage(a.epoch, "p", "reg.example/p:1", "pull: 401 Unauthorized")
+	b.reportImage(b.epoch, "p", "reg.example/p:1", "")
 	waitUntil(t, "a's failure shown", func() bool { return len(prepullFailures(t, c, "p")) == 1 })
 	if got, want := prepullFailures(t, c, "p"), []string{"a: reg.example/p:1: pull: 401 Unauthorized"}; !slices.Equal(got, want) {
 		t.Fatalf("failures %v, want %v", got, want)
@@ -232,17 +133,17 @@ func TestPrepullFailuresShown(t *testing.T) {
 
 	// Stale reports from b, then one about m that shows once b's earlier
 	// messages are handled.
-	b.report(b.epoch, "p", "reg.example/p:0", "an older image")
-	b.report(b.epoch-1, "p", "reg.example/p:1", "an older session")
-	b.report(b.epoch, "nope", "reg.example/p:1", "no such function")
-	b.report(b.epoch, "m", "reg.example/m:1", "marker")
+	b.reportImage(b.epoch, "p", "reg.example/p:0", "an older image")
+	b.reportImage(b.epoch-1, "p", "reg.example/p:1", "an older session")
+	b.reportImage(b.epoch, "nope", "reg.example/p:1", "no such function")
+	b.reportImage(b.epoch, "m", "reg.example/m:1", "marker")
 	waitUntil(t, "b's report about m", func() bool { return len(prepullFailures(t, c, "m")) == 1 })
 	if got := prepullFailures(t, c, "p"); len(got) != 1 {
 		t.Fatalf("failures of p after stale reports: %v", got)
 	}
 
 	// A success clears; a redeploy clears and asks again.
-	a.report(a.epoch, "p", "reg.example/p:1", "")
+	a.reportImage(a.epoch, "p", "reg.example/p:1", "")
 	waitUntil(t, "a's failure cleared", func() bool { return len(prepullFailures(t, c, "p")) == 0 })
 	if got := prepullFailures(t, c, "m"); len(got) != 1 {
 		t.Fatalf("failures of m: %v", got)
@@ -253,7 +154,7 @@ func TestPrepullFailuresShown(t *testing.T) {
 	}
 	waitUntil(t, "b asked again", func() bool {
 		n := 0
-		for _, p := range b.received() {
+		for _, p := range b.prepulls() {
 			if p == "m=reg.example/m:1" {
 				n++
 			}
@@ -265,11 +166,9 @@ func TestPrepullFailuresShown(t *testing.T) {
 	}
 
 	// A worker declared down takes its failures with it.
-	a.report(a.epoch, "p", "reg.example/p:1", "disk full")
+	a.reportImage(a.epoch, "p", "reg.example/p:1", "disk full")
 	waitUntil(t, "a's failure shown", func() bool { return len(prepullFailures(t, c, "p")) == 1 })
-	a.mu.Lock()
-	a.beat = false
-	a.mu.Unlock()
+	a.setBeating(false)
 	waitUntil(t, "a's failure gone with it", func() bool { return len(prepullFailures(t, c, "p")) == 0 })
 }
 
