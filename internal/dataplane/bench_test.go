@@ -7,11 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/batonfaas/baton/internal/stats"
 )
 
 // BenchmarkAcquireRelease is the router's share of the warm path: resolve,
@@ -188,14 +189,8 @@ type loopSummary struct {
 }
 
 func (r *loopResult) summary() loopSummary {
-	slices.Sort(r.lat)
-	pct := func(p float64) float64 {
-		if len(r.lat) == 0 {
-			return 0
-		}
-		return float64(r.lat[min(int(p*float64(len(r.lat))), len(r.lat)-1)]) / 1e3
-	}
-	return loopSummary{rate: float64(r.n) / r.elapsed.Seconds(), p50: pct(0.50), p99: pct(0.99)}
+	p := stats.Percentiles(r.lat, 50, 99)
+	return loopSummary{rate: float64(r.n) / r.elapsed.Seconds(), p50: float64(p[0]) / 1e3, p99: float64(p[1]) / 1e3}
 }
 
 // BenchmarkWarmPathRaw is the data plane alone: raw-socket clients and a

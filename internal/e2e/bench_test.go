@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,19 +15,17 @@ import (
 	"time"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/stats"
 )
 
 // Benchmarks of whole clusters in one process, talking through their real
 // APIs. Each reports latency percentiles next to ns/op.
 
 func reportLatencies(b *testing.B, lat []time.Duration, elapsed time.Duration) {
-	slices.Sort(lat)
-	pct := func(p float64) float64 {
-		return float64(lat[min(int(p*float64(len(lat))), len(lat)-1)].Microseconds()) / 1000
-	}
+	p := stats.Percentiles(lat, 50, 99)
 	b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "cold/s")
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(p[0].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(p[1].Microseconds())/1000, "p99-ms")
 }
 
 // BenchmarkColdStartBurstFake: one request to each of b.N functions at zero,
@@ -175,10 +172,9 @@ func reportStages(b *testing.B, lat []time.Duration, timings []string) {
 		proxy = append(proxy, d["proxy"])
 		outside = append(outside, float64(lat[i].Microseconds())/1000-d["queue"]-d["proxy"])
 	}
-	med := func(x []float64) float64 { slices.Sort(x); return x[len(x)/2] }
-	b.ReportMetric(med(orch), "orch-p50-ms")
-	b.ReportMetric(med(proxy), "proxy-p50-ms")
-	b.ReportMetric(med(outside), "outside-p50-ms")
+	b.ReportMetric(stats.Percentiles(orch, 50)[0], "orch-p50-ms")
+	b.ReportMetric(stats.Percentiles(proxy, 50)[0], "proxy-p50-ms")
+	b.ReportMetric(stats.Percentiles(outside, 50)[0], "outside-p50-ms")
 }
 
 // BenchmarkColdStartProcess: sequential cold starts on the process runtime

@@ -5,13 +5,11 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"github.com/containerd/containerd/errdefs"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,9 +22,11 @@ import (
 	"github.com/batonfaas/baton/internal/sandbox"
 	ctrrt "github.com/batonfaas/baton/internal/sandbox/containerd"
 	"github.com/batonfaas/baton/internal/sandbox/containerd/netpool"
+	"github.com/batonfaas/baton/internal/stats"
 
 	containerd "github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 	"github.com/containerd/containerd/snapshots"
@@ -555,16 +555,13 @@ func BenchmarkColdStartContainerd(b *testing.B) {
 		batonLat = append(batonLat, baton(i))
 	}
 	b.StopTimer()
-	p := func(l []time.Duration, q float64) float64 {
-		s := append([]time.Duration(nil), l...)
-		slices.Sort(s)
-		return float64(s[min(int(q*float64(len(s))), len(s)-1)].Microseconds()) / 1000
-	}
-	b.ReportMetric(p(rawLat, 0.5), "raw-p50-ms")
-	b.ReportMetric(p(batonLat, 0.5), "baton-p50-ms")
-	b.ReportMetric(p(rawLat, 0.9), "raw-p90-ms")
-	b.ReportMetric(p(batonLat, 0.9), "baton-p90-ms")
-	b.ReportMetric(100*(p(batonLat, 0.5)/p(rawLat, 0.5)-1), "overhead-p50-%")
+	rawP, batonP := stats.Percentiles(rawLat, 50, 90), stats.Percentiles(batonLat, 50, 90)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(ms(rawP[0]), "raw-p50-ms")
+	b.ReportMetric(ms(batonP[0]), "baton-p50-ms")
+	b.ReportMetric(ms(rawP[1]), "raw-p90-ms")
+	b.ReportMetric(ms(batonP[1]), "baton-p90-ms")
+	b.ReportMetric(100*(ms(batonP[0])/ms(rawP[0])-1), "overhead-p50-%")
 }
 
 // BenchmarkColdStartBurstContainerd: one request to each of b.N functions

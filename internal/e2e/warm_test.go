@@ -7,13 +7,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/batonfaas/baton/internal/stats"
 )
 
 // BenchmarkWarmPathProcess is issue 3's warm-path target as a user meets
@@ -162,14 +163,8 @@ func (l *closedLoop) run(b *testing.B, url string, clients, n int, pids [3]int) 
 type loopStats struct{ rate, p50, p99 float64 } // requests/s, µs
 
 func (l *closedLoop) summary() loopStats {
-	slices.Sort(l.lat)
-	pct := func(p float64) float64 {
-		if len(l.lat) == 0 {
-			return 0
-		}
-		return float64(l.lat[min(int(p*float64(len(l.lat))), len(l.lat)-1)]) / 1e3
-	}
-	return loopStats{rate: float64(l.n) / l.elapsed.Seconds(), p50: pct(0.5), p99: pct(0.99)}
+	p := stats.Percentiles(l.lat, 50, 99)
+	return loopStats{rate: float64(l.n) / l.elapsed.Seconds(), p50: float64(p[0]) / 1e3, p99: float64(p[1]) / 1e3}
 }
 
 // procCPU is the CPU time (user and system) process pid has used.

@@ -5,18 +5,9 @@ import (
 	"slices"
 	"sort"
 	"time"
-)
 
-// Percentile returns the p-th percentile (0 < p <= 100) of sorted by the
-// nearest-rank method: the smallest value with at least p% of the sample at
-// or below it. It returns 0 for an empty sample.
-func Percentile[T ~int64 | ~float64](sorted []T, p float64) T {
-	if len(sorted) == 0 {
-		return 0
-	}
-	rank := int(math.Ceil(p/100*float64(len(sorted)) - 1e-9)) // 99.9% of 1000 is 999, not 999.0000000000001
-	return sorted[min(max(rank, 1), len(sorted))-1]
-}
+	"github.com/batonfaas/baton/internal/stats"
+)
 
 // GeoMean returns the geometric mean of xs, which must be positive; 0 for
 // an empty sample.
@@ -48,8 +39,8 @@ func LatencyQuantiles(d []time.Duration) Quantiles {
 	for _, x := range d {
 		sum += float64(x)
 	}
-	return Quantiles{N: len(d), P50: Percentile(d, 50), P90: Percentile(d, 90), P99: Percentile(d, 99),
-		P999: Percentile(d, 99.9), Min: d[0], Max: d[len(d)-1], Mean: time.Duration(sum / float64(len(d)))}
+	return Quantiles{N: len(d), P50: stats.Percentile(d, 50), P90: stats.Percentile(d, 90), P99: stats.Percentile(d, 99),
+		P999: stats.Percentile(d, 99.9), Min: d[0], Max: d[len(d)-1], Mean: time.Duration(sum / float64(len(d)))}
 }
 
 // Result is one run: what was planned and what every invocation did.
@@ -207,7 +198,7 @@ func Summarize(r *Result) *Summary {
 			g[i] = f.GeoMean
 		}
 		slices.Sort(g)
-		s.SlowdownP50, s.SlowdownP99 = Percentile(g, 50), Percentile(g, 99)
+		s.SlowdownP50, s.SlowdownP99 = stats.Percentile(g, 50), stats.Percentile(g, 99)
 	}
 	if r.OpenLoop {
 		lq := LatencyQuantiles(late)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/batonfaas/baton/internal/sandbox"
+	"github.com/batonfaas/baton/internal/stats"
 )
 
 // BenchmarkCreateDelete measures one examples/hello sandbox from Create
@@ -36,9 +36,10 @@ func BenchmarkCreateDelete(b *testing.B) {
 		create = append(create, mid.Sub(start))
 		del = append(del, time.Since(mid))
 	}
-	b.ReportMetric(ms(pct(create, 50)), "create-p50-ms")
-	b.ReportMetric(ms(pct(create, 99)), "create-p99-ms")
-	b.ReportMetric(ms(pct(del, 50)), "delete-p50-ms")
+	p := stats.Percentiles(create, 50, 99)
+	b.ReportMetric(ms(p[0]), "create-p50-ms")
+	b.ReportMetric(ms(p[1]), "create-p99-ms")
+	b.ReportMetric(ms(stats.Percentiles(del, 50)[0]), "delete-p50-ms")
 }
 
 // BenchmarkSustained keeps C creations in flight (each followed by its
@@ -84,8 +85,9 @@ func BenchmarkSustained(b *testing.B) {
 			wg.Wait()
 			el := time.Since(start)
 			b.ReportMetric(float64(len(lat))/el.Seconds(), "creations/s")
-			b.ReportMetric(ms(pct(lat, 50)), "create-p50-ms")
-			b.ReportMetric(ms(pct(lat, 99)), "create-p99-ms")
+			p := stats.Percentiles(lat, 50, 99)
+			b.ReportMetric(ms(p[0]), "create-p50-ms")
+			b.ReportMetric(ms(p[1]), "create-p99-ms")
 		})
 	}
 }
@@ -134,8 +136,9 @@ func BenchmarkBurst(b *testing.B) {
 			deleted := run(func(i int) error { return rt.Delete(ctx, id(i)) })
 			b.ReportMetric(float64(b.N)/created.Seconds(), "creations/s")
 			b.ReportMetric(float64(b.N)/deleted.Seconds(), "deletions/s")
-			b.ReportMetric(ms(pct(lat, 50)), "create-p50-ms")
-			b.ReportMetric(ms(pct(lat, 99)), "create-p99-ms")
+			p := stats.Percentiles(lat, 50, 99)
+			b.ReportMetric(ms(p[0]), "create-p50-ms")
+			b.ReportMetric(ms(p[1]), "create-p99-ms")
 		})
 	}
 }
@@ -170,14 +173,4 @@ func splitComma(s string) []string {
 		}
 	}
 	return out
-}
-
-func pct(d []time.Duration, p int) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	return s[min(max(i-1, 0), len(s)-1)]
 }
