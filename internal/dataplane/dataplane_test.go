@@ -625,8 +625,9 @@ func dropper(t *testing.T) (string, *atomic.Int32) {
 
 // TestResendAfterSandboxDied checks the retry policy: a request a sandbox
 // took and dropped without answering goes to another sandbox when its
-// function's policy allows (GET, or any method under ALWAYS), over both
-// engines, with its body; otherwise it gets 502 at once.
+// function's policy allows (GET, or any method under ALWAYS) and its body
+// was held (up to maxHeldBody), over both engines, with its body; otherwise
+// it gets 502 at once.
 func TestResendAfterSandboxDied(t *testing.T) {
 	t.Parallel()
 	var p http.Protocols
@@ -645,13 +646,19 @@ func TestResendAfterSandboxDied(t *testing.T) {
 		policy controlplanev1.RetryPolicy
 		method string
 		key    bool // sends an Idempotency-Key
+		size   int  // of the body
 		resend bool
 	}{
-		{"get-default", def, "GET", false, true},
-		{"post-default", def, "POST", false, false},
-		{"post-key", def, "POST", true, true},
-		{"post-always", always, "POST", false, true},
-		{"get-never", never, "GET", false, false},
+		{"get-default", def, "GET", false, 5, true},
+		{"post-default", def, "POST", false, 5, false},
+		{"post-key", def, "POST", true, 5, true},
+		{"post-always", always, "POST", false, 5, true},
+		{"get-never", never, "GET", false, 5, false},
+		// Bodies up to maxHeldBody are held by both engines, larger
+		// ones streamed and never sent twice.
+		{"post-always-20k", always, "POST", false, 20 << 10, true},
+		{"post-key-held", def, "POST", true, maxHeldBody, true},
+		{"post-always-over", always, "POST", false, maxHeldBody + 1, false},
 	}
 	for proto, c := range clients {
 		for i, tc := range cases {
@@ -663,7 +670,7 @@ func TestResendAfterSandboxDied(t *testing.T) {
 				d := startDP(t, cp, nil)
 				res := make(chan result, 1)
 				go func() {
-					req, _ := http.NewRequest(tc.method, "http://"+d.Addr()+"/x", strings.NewReader("hello"))
+					req, _ := http.NewRequest(tc.method, "http://"+d.Addr()+"/x", strings.NewReader(strings.Repeat("h", tc.size)))
 					req.Host = "f"
 					if tc.key {
 						req.Header.Set("Idempotency-Key", fmt.Sprint(i))
@@ -685,7 +692,7 @@ func TestResendAfterSandboxDied(t *testing.T) {
 				r2.Retry = tc.policy
 				cp.put(r2)
 				got := <-res
-				want := tc.method + " f /x body=5"
+				want := fmt.Sprintf("%s f /x body=%d ", tc.method, tc.size)
 				if got.status != 200 || !strings.HasPrefix(got.body, want) {
 					t.Errorf("got %d %q, want 200 %q...", got.status, got.body, want)
 				}

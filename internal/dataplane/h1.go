@@ -70,6 +70,7 @@ const (
 var (
 	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, clientBufSize) }}
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, clientBufSize) }}
+	heldPool   = sync.Pool{New: func() any { b := make([]byte, 0, maxHeldBody); return &b }}
 )
 
 type h1Engine struct {
@@ -332,6 +333,7 @@ type h1Conn struct {
 	unread   bool   // the request body was not (fully) read: close after the answer
 	linger   bool   // close with httpwire.LingerClose (so does unread)
 	streamed bool   // the request body went to a pump: it cannot be sent again
+	held     *[]byte // the request body read whole (holdBody), from heldPool
 	pump     *pump  // the request body's sender, if one runs
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -22,6 +23,10 @@ func (hc *h1Conn) handle() bool {
 	hc.e.noteStart()
 	hc.pend, hc.bodyOff, hc.unread, hc.linger, hc.streamed = 0, 0, false, false, false
 	keep := hc.request()
+	if hc.held != nil {
+		heldPool.Put(hc.held)
+		hc.held = nil
+	}
 	if hc.pend > 0 { // what is left of the request in the reader
 		hc.br.Discard(hc.pend)
 		hc.pend = 0
@@ -121,9 +126,52 @@ func (hc *h1Conn) bodyBuffered() bool {
 
 // resendable says whether the request may be sent again on another
 // connection: nothing of it is lost (no body, or all of it still
-// buffered), and the function's retry policy allows it.
+// buffered or held), and the function's retry policy allows it.
 func (hc *h1Conn) resendable(c *call) bool {
-	return mayResend(c.retry, hc.req.idempotent) && !hc.streamed && (!hc.req.hasBody() || hc.bodyBuffered())
+	return mayResend(c.retry, hc.req.idempotent) && !hc.streamed &&
+		(!hc.req.hasBody() || hc.held != nil || hc.bodyBuffered())
+}
+
+// mayHold says whether the request's body is to be read whole before it is
+// forwarded, so that it can be sent again: the retry policy would allow a
+// resend and the body has a length of at most maxHeldBody (the h2c engine
+// holds the same bodies). One that came with its head is held in the
+// reader already.
+func (hc *h1Conn) mayHold(c *call) bool {
+	r := &hc.req
+	return r.hasBody() && !r.chunked && r.contentLength <= maxHeldBody && !hc.bodyBuffered() &&
+		mayResend(c.retry, r.idempotent)
+}
+
+// holdBody reads the request body into hc.held: what is in the reader
+// after the head, then the rest straight from the connection (the head
+// stays in the reader, where the request's fields point). The client gets
+// its 100 Continue first if it waits for one.
+func (hc *h1Conn) holdBody(deadline, tol int64) error {
+	req := &hc.req
+	if req.expect100 {
+		setWriteDeadline(hc.c, &hc.wdl, deadline, tol)
+		hc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		if err := hc.bw.Flush(); err != nil {
+			return err
+		}
+	}
+	if err := setReadDeadline(hc.c, &hc.rdl, deadline, tol); err != nil {
+		return err
+	}
+	hp := heldPool.Get().(*[]byte)
+	hc.held = hp
+	n := int(req.contentLength)
+	b := (*hp)[:n]
+	in, _ := hc.br.Peek(hc.br.Buffered())
+	got := copy(b, in[hc.bodyOff:]) // less than n: the body is not all there
+	if _, err := io.ReadFull(hc.c, b[got:]); err != nil {
+		return err
+	}
+	*hp = b
+	hc.pend = len(in) // the head and the body's start, dropped after the answer
+	hc.unread = false
+	return nil
 }
 
 // forward sends the request to the endpoint c holds and relays the answer.
@@ -134,6 +182,11 @@ func (hc *h1Conn) forward(c *call, start time.Time, rest string, viaPath bool) (
 	tol := tolerance(c.timeout)
 	var uc *upConn
 	var err error
+	if hc.mayHold(c) {
+		if err := hc.holdBody(deadline, tol); err != nil {
+			return hc.replyBodyFailed(c, start, err), time.Now()
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		uc, err = e.up.get(c.ep.addr, start.UnixNano(), deadline)
 		if err != nil {
@@ -228,6 +281,8 @@ func (hc *h1Conn) send(uc *upConn, c *call, rest string, viaPath bool, deadline,
 	}
 	switch {
 	case !req.hasBody():
+	case hc.held != nil:
+		bw.Write(*hc.held)
 	case hc.bodyBuffered():
 		// Left in the reader until the answer comes, so that it can be
 		// sent again.

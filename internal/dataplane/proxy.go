@@ -213,11 +213,6 @@ func isDialError(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// maxHeldBody is the largest request body the h2c engine reads whole before
-// forwarding, so that it can send it again if the sandbox dies; larger
-// bodies (and those of unknown length) are streamed and never resent.
-const maxHeldBody = 64 << 10
-
 // forward sends the request to c.ep and streams the answer back. If the
 // sandbox turns out dead before answering anything, the request goes to
 // another when nothing was sent (the dial failed) or when the function's

@@ -151,6 +151,26 @@ type call struct {
 // not take down the whole function.
 const maxResends = 2
 
+// The resend policy, the same in both engines:
+//   - a request whose dial failed (nothing sent) goes to another sandbox, and
+//     the one that refused leaves routing at once;
+//   - a request a sandbox took and dropped without answering goes to
+//     another only if mayResend allows it and its body was held (none, or
+//     at most maxHeldBody read whole before forwarding); a fresh connection
+//     dropped takes the sandbox out of routing;
+//   - at most maxResends times, and never past the function's timeout.
+// A kept-alive connection that fails may only have been closed by its
+// sandbox: the HTTP/1.1 engine then tries a fresh connection to the same
+// sandbox (maxRetries), net/http does the same for the h2c engine where it
+// can, and what it gives up on moves to another slot without taking the
+// sandbox out of routing.
+
+// maxHeldBody is the largest request body the engines read whole before
+// forwarding when the retry policy would allow sending it again, so that
+// they can if the sandbox dies under it; larger bodies (and those of
+// unknown length) are streamed and never resent.
+const maxHeldBody = 64 << 10
+
 // mayResend says whether a request that reached a sandbox which died
 // without answering may go to another, by the function's retry policy.
 // (A request that was never sent, because the dial failed, always may.)
