@@ -325,16 +325,16 @@ type h1Conn struct {
 	// The connection's goroutine's.
 	req      request
 	call     call
-	big      []byte // a request head too large for br
-	rdl, wdl int64  // deadlines set (unix ns), see setReadDeadline
-	now      int64  // unix ns at the end of the last request
-	pend     int    // bytes of the request (head, buffered body) still in br
-	bodyOff  int    // where the request body starts in br (after a head still there)
-	unread   bool   // the request body was not (fully) read: close after the answer
-	linger   bool   // close with httpwire.LingerClose (so does unread)
-	streamed bool   // the request body went to a pump: it cannot be sent again
+	big      []byte  // a request head too large for br
+	rdl, wdl int64   // deadlines set (unix ns), see setReadDeadline
+	now      int64   // unix ns at the end of the last request
+	pend     int     // bytes of the request (head, buffered body) still in br
+	bodyOff  int     // where the request body starts in br (after a head still there)
+	unread   bool    // the request body was not (fully) read: close after the answer
+	linger   bool    // close with httpwire.LingerClose (so does unread)
+	streamed bool    // the request body went to a pump: it cannot be sent again
 	held     *[]byte // the request body read whole (holdBody), from heldPool
-	pump     *pump  // the request body's sender, if one runs
+	pump     *pump   // the request body's sender, if one runs
 }
 
 // serve runs the connection.
