@@ -302,37 +302,95 @@ func forEachToken(v []byte, f func(tok []byte)) {
 	}
 }
 
-// dropNamed marks the fields named in a Connection header for dropping.
-func dropNamed(head []byte, fields []field, conn []byte) {
-	forEachToken(conn, func(tok []byte) {
-		for i := range fields {
-			f := &fields[i]
-			if f.id != fConnection && bytes.EqualFold(f.name(head), tok) {
-				f.drop = true
-			}
+// framing is what requests and responses alike say about their body and
+// their connection (RFC 9112 §6, §9): Content-Length, Transfer-Encoding,
+// Connection and the other hop-by-hop fields, none of which is forwarded.
+type framing struct {
+	contentLength int64 // -1: none
+	chunked       bool
+	close         bool // the sender closes the connection after this message
+	connValue     bool // some Connection header names other fields
+	http10        bool // closes unless it says keep-alive
+}
+
+// start resets fr for a message of HTTP/1.minor.
+func (fr *framing) start(minor int) {
+	*fr = framing{contentLength: -1, close: minor == 0, http10: minor == 0}
+}
+
+// field takes f into fr if it is a framing field, marking it dropped, and
+// says whether it was one; the error is for a value it cannot use.
+func (fr *framing) field(head []byte, f *field) (bool, *protoError) {
+	switch f.id {
+	case fContentLength:
+		n, ok := parseLength(f.value(head))
+		if !ok || (fr.contentLength >= 0 && n != fr.contentLength) {
+			return true, errBadLength
 		}
-	})
+		fr.contentLength = n
+	case fTransferEncoding:
+		if fr.chunked || !httpwire.EqualFold(f.value(head), "chunked") {
+			return true, errBadCoding
+		}
+		fr.chunked = true
+	case fConnection:
+		forEachToken(f.value(head), func(tok []byte) {
+			switch {
+			case httpwire.EqualFold(tok, "close"):
+				fr.close = true
+			case httpwire.EqualFold(tok, "keep-alive"):
+				if fr.http10 {
+					fr.close = false
+				}
+			default:
+				fr.connValue = true
+			}
+		})
+	case fHop:
+	default:
+		return false, nil
+	}
+	f.drop = true
+	return true, nil
+}
+
+// dropNamed marks the fields that a Connection header names for dropping,
+// once every field was seen.
+func (fr *framing) dropNamed(head []byte, fields []field) {
+	if !fr.connValue {
+		return
+	}
+	for i := range fields {
+		if fields[i].id != fConnection {
+			continue
+		}
+		forEachToken(fields[i].value(head), func(tok []byte) {
+			for j := range fields {
+				f := &fields[j]
+				if f.id != fConnection && bytes.EqualFold(f.name(head), tok) {
+					f.drop = true
+				}
+			}
+		})
+	}
 }
 
 // request is a parsed request head. Spans index head.
 type request struct {
-	head          []byte
-	inBuf         bool // head is in the connection's reader buffer
-	fields        []field
-	method        []byte
-	target        []byte // as forwarded: origin-form path and query
-	slash         bool   // forward "/" before target (absolute-form with an empty path)
-	host          []byte // the routing host: Host, or the authority of an absolute-form target
-	path          []byte // target without the query
-	query         []byte // "?..." or empty
-	minor         int    // HTTP/1.minor
-	contentLength int64  // -1: none
-	chunked       bool
-	close         bool // the client wants the connection closed after this
-	expect100     bool
-	idempotent    bool // may be sent again after a failure (RFC 9110 §9.2.2)
-	isHead        bool
-	connValue     bool // some Connection header names other fields
+	head       []byte
+	inBuf      bool // head is in the connection's reader buffer
+	fields     []field
+	method     []byte
+	target     []byte // as forwarded: origin-form path and query
+	slash      bool   // forward "/" before target (absolute-form with an empty path)
+	host       []byte // the routing host: Host, or the authority of an absolute-form target
+	path       []byte // target without the query
+	query      []byte // "?..." or empty
+	minor      int    // HTTP/1.minor
+	framing           // close: the client wants the connection closed after this
+	expect100  bool
+	idempotent bool // may be sent again after a failure (RFC 9110 §9.2.2)
+	isHead     bool
 }
 
 // hasBody says whether a body follows the head.
@@ -378,52 +436,30 @@ func (r *request) parse() *protoError {
 	r.idempotent = safeMethod(string(r.method))
 
 	// Fields.
-	r.contentLength, r.chunked, r.close, r.expect100, r.connValue = -1, false, r.minor == 0, false, false
+	r.framing.start(r.minor)
+	r.expect100 = false
 	hosts := 0
 	r.host = nil
 	head, fields := r.head, r.fields
 	for i := range fields {
 		f := &fields[i]
+		if ok, pe := r.framing.field(head, f); ok {
+			if pe != nil {
+				return pe
+			}
+			continue
+		}
 		switch f.id {
 		case fHost:
 			hosts++
 			r.host = f.value(head)
 			f.drop = true
-		case fContentLength:
-			n, ok := parseLength(f.value(head))
-			if !ok || (r.contentLength >= 0 && n != r.contentLength) {
-				return errBadLength
-			}
-			r.contentLength = n
-			f.drop = true
-		case fTransferEncoding:
-			if r.chunked || !httpwire.EqualFold(f.value(head), "chunked") {
-				return errBadCoding
-			}
-			r.chunked = true
-			f.drop = true
-		case fConnection:
-			f.drop = true
-			forEachToken(f.value(head), func(tok []byte) {
-				switch {
-				case httpwire.EqualFold(tok, "close"):
-					r.close = true
-				case httpwire.EqualFold(tok, "keep-alive"):
-					if r.minor == 0 {
-						r.close = false
-					}
-				default:
-					r.connValue = true
-				}
-			})
 		case fExpect:
 			f.drop = true
 			if !httpwire.EqualFold(f.value(head), "100-continue") {
 				return errExpectation
 			}
 			r.expect100 = r.minor >= 1
-		case fHop:
-			f.drop = true
 		case fIdempotencyKey:
 			r.idempotent = true
 			f.drop = false
@@ -431,13 +467,7 @@ func (r *request) parse() *protoError {
 			f.drop = false
 		}
 	}
-	if r.connValue {
-		for i := range fields {
-			if fields[i].id == fConnection {
-				dropNamed(head, fields, fields[i].value(head))
-			}
-		}
-	}
+	r.framing.dropNamed(head, fields)
 	if r.chunked {
 		if r.contentLength >= 0 {
 			return errLengthAndChunked
@@ -479,16 +509,14 @@ func (r *request) parse() *protoError {
 // reset forgets the previous request, keeping the buffers.
 // response is a parsed response head from a sandbox.
 type response struct {
-	head          []byte
-	inBuf         bool
-	fields        []field
-	status        int
-	statusRest    []byte // the status line after "HTTP/1.x ": code and reason
-	minor         int
-	contentLength int64 // -1: none
-	chunked       bool
-	close         bool // the sandbox closes the connection after it
-	hasDate       bool
+	head       []byte
+	inBuf      bool
+	fields     []field
+	status     int
+	statusRest []byte // the status line after "HTTP/1.x ": code and reason
+	minor      int
+	framing    // close: the sandbox closes the connection after it
+	hasDate    bool
 }
 
 // parse interprets a response head; noBody says the request was HEAD.
@@ -511,53 +539,26 @@ func (r *response) parse() error {
 		return errBadStatusLine
 	}
 	r.statusRest = line[9:]
-	r.contentLength, r.chunked, r.close, r.hasDate = -1, false, r.minor == 0, false
+	r.framing.start(r.minor)
+	r.hasDate = false
 	head, fields := r.head, r.fields
-	connValue := false
 	for i := range fields {
 		f := &fields[i]
+		if ok, pe := r.framing.field(head, f); ok {
+			if pe != nil {
+				return pe
+			}
+			continue
+		}
 		f.drop = false
 		switch f.id {
-		case fContentLength:
-			n, ok := parseLength(f.value(head))
-			if !ok || (r.contentLength >= 0 && n != r.contentLength) {
-				return errors.New("invalid Content-Length")
-			}
-			r.contentLength = n
-			f.drop = true
-		case fTransferEncoding:
-			if r.chunked || !httpwire.EqualFold(f.value(head), "chunked") {
-				return errors.New("unsupported Transfer-Encoding")
-			}
-			r.chunked = true
-			f.drop = true
-		case fConnection:
-			f.drop = true
-			forEachToken(f.value(head), func(tok []byte) {
-				switch {
-				case httpwire.EqualFold(tok, "close"):
-					r.close = true
-				case httpwire.EqualFold(tok, "keep-alive"):
-					if r.minor == 0 {
-						r.close = false
-					}
-				default:
-					connValue = true
-				}
-			})
-		case fHop, fColdStart:
+		case fColdStart:
 			f.drop = true
 		case fDate:
 			r.hasDate = true
 		}
 	}
-	if connValue {
-		for i := range fields {
-			if fields[i].id == fConnection {
-				dropNamed(head, fields, fields[i].value(head))
-			}
-		}
-	}
+	r.framing.dropNamed(head, fields)
 	if r.chunked {
 		r.contentLength = -1 // Transfer-Encoding overrides (RFC 9112 §6.3)
 	}
