@@ -375,7 +375,7 @@ func (l *load) end() (ok, failed int64) {
 // it was killed (its sandboxes died with it; their empty groups remain).
 func removeCgroups(workerID string) {
 	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/baton/" + workerID) // cgroup v1: one tree per controller
-	dirs = append(dirs, "/sys/fs/cgroup/baton/"+workerID)            // v2: the unified tree
+	dirs = append(dirs, "/sys/fs/cgroup/baton/"+workerID)          // v2: the unified tree
 	for _, d := range dirs {
 		ents, _ := os.ReadDir(d)
 		for _, e := range ents {
