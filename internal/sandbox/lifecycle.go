@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -20,7 +21,10 @@ const (
 // Life is the part of a runtime's record of a sandbox that its life cycle
 // goes by, the same in every runtime that makes real sandboxes (process,
 // containerd): a runtime embeds it in its record, keeps the records in a
-// map by id under one mutex, and lets Claim and ListRunning work on them.
+// map by id under one mutex, and lets the functions of this file work on
+// them: Register, EndCreate and MarkRunning in Create, ClaimExit in the
+// exit watcher, Claim in Delete, Forget when a record is released,
+// ListRunning in List and CloseAll in Close.
 type Life struct {
 	Sandbox Sandbox
 	Stage   Stage              // guarded by the runtime's mutex
@@ -48,8 +52,81 @@ func NewLife(spec Spec, cancel context.CancelFunc) Life {
 
 func (l *Life) life() *Life { return l }
 
-// record is a runtime's record of a sandbox: a struct embedding Life.
-type record interface{ life() *Life }
+// record is a runtime's record of a sandbox: a pointer to a struct
+// embedding Life.
+type record interface {
+	comparable
+	life() *Life
+}
+
+// Register adds b, a sandbox Create is about to make, to boxes under mu,
+// which guards boxes and closed. It fails if closed is set or the id is
+// taken (ErrExists). Once it succeeds, Create must defer EndCreate.
+func Register[B record](mu *sync.Mutex, boxes map[string]B, closed *bool, b B) error {
+	id := b.life().Sandbox.ID
+	mu.Lock()
+	defer mu.Unlock()
+	if *closed {
+		return errors.New("runtime is closed")
+	}
+	if _, taken := boxes[id]; taken {
+		return ErrExists
+	}
+	boxes[id] = b
+	return nil
+}
+
+// EndCreate ends the Create of b, which returns *err: if it failed, abort
+// releases b; then Created is closed, so that a Claim waiting for the
+// Create looks again.
+func EndCreate[B record](b B, err *error, abort func(B)) {
+	if *err != nil {
+		abort(b)
+	}
+	close(b.life().Created)
+}
+
+// MarkRunning marks b Running, under mu, once its Create has succeeded. It
+// returns false, leaving b to Create to release, if exited is closed: the
+// sandbox exited after it answered, and its exit watcher, which saw it
+// still Creating, left it alone.
+func MarkRunning[B record](mu *sync.Mutex, b B, exited <-chan struct{}) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	select {
+	case <-exited:
+		return false
+	default:
+	}
+	b.life().Stage = Running
+	return true
+}
+
+// ClaimExit claims b, under mu, for its exit watcher, which has seen it
+// exit: it returns true, b now Stopping, if b was Running, and false if
+// Create or Delete owns its release.
+func ClaimExit[B record](mu *sync.Mutex, b B) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	l := b.life()
+	if l.Stage != Running {
+		return false
+	}
+	l.Stage = Stopping
+	return true
+}
+
+// Forget removes b from boxes, under mu, unless another record took its id
+// since, and closes Gone: the last step of releasing b.
+func Forget[B record](mu *sync.Mutex, boxes map[string]B, b B) {
+	l := b.life()
+	mu.Lock()
+	if boxes[l.Sandbox.ID] == b {
+		delete(boxes, l.Sandbox.ID)
+	}
+	mu.Unlock()
+	close(l.Gone)
+}
 
 // Claim claims sandbox id for Delete, under mu, which guards boxes and
 // every record's Stage. A Create in progress is cancelled and waited for;
@@ -103,4 +180,41 @@ func ListRunning[B record](mu *sync.Mutex, boxes map[string]B) []Sandbox {
 	mu.Unlock()
 	slices.SortFunc(out, func(a, b Sandbox) int { return strings.Compare(a.ID, b.ID) })
 	return out
+}
+
+// CloseAll sets closed, under mu, so that no Register succeeds any more,
+// and deletes every sandbox of boxes with del (the runtime's Delete),
+// concurrently, at most limit at once (0: no limit), waiting for them all.
+// It returns the deletions' errors joined, and first false if closed was
+// already set (doing nothing then).
+func CloseAll[B record](ctx context.Context, mu *sync.Mutex, boxes map[string]B, closed *bool, limit int,
+	del func(context.Context, string) error) (first bool, err error) {
+	mu.Lock()
+	if *closed {
+		mu.Unlock()
+		return false, nil
+	}
+	*closed = true
+	ids := make([]string, 0, len(boxes))
+	for id := range boxes {
+		ids = append(ids, id)
+	}
+	mu.Unlock()
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	var sem chan struct{}
+	if limit > 0 {
+		sem = make(chan struct{}, limit)
+	}
+	for i, id := range ids {
+		wg.Go(func() {
+			if sem != nil {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+			}
+			errs[i] = del(ctx, id)
+		})
+	}
+	wg.Wait()
+	return true, errors.Join(errs...)
 }

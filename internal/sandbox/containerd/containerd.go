@@ -388,23 +388,10 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		exited: make(chan struct{}),
 	}
 	b.logPath = filepath.Join(r.logDir, b.cid+".log")
-	r.mu.Lock()
-	switch {
-	case r.closed:
-		r.mu.Unlock()
-		return sandbox.Sandbox{}, errors.New("runtime is closed")
-	case r.boxes[spec.ID] != nil:
-		r.mu.Unlock()
-		return sandbox.Sandbox{}, sandbox.ErrExists
+	if err := sandbox.Register(&r.mu, r.boxes, &r.closed, b); err != nil {
+		return sandbox.Sandbox{}, err
 	}
-	r.boxes[spec.ID] = b
-	r.mu.Unlock()
-	defer close(b.Created)
-	defer func() {
-		if err != nil {
-			r.abort(b)
-		}
-	}()
+	defer sandbox.EndCreate(b, &err, r.abort)
 
 	img, err := r.images.get(ctx, r.log, spec.Image, use{function: spec.Function, generation: spec.Generation})
 	if err != nil {
@@ -437,15 +424,9 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		return sandbox.Sandbox{}, err
 	}
 	b.Sandbox.Started = time.Now()
-	r.mu.Lock()
-	select {
-	case <-b.exited: // between the answer and now; the watcher left it to us
-		r.mu.Unlock()
+	if !sandbox.MarkRunning(&r.mu, b, b.exited) { // exited between the answer and now
 		return sandbox.Sandbox{}, fmt.Errorf("%w: exited right after answering on %s: %s", sandbox.ErrNotReady, b.Sandbox.Address, r.exitReason(b))
-	default:
 	}
-	b.Stage = sandbox.Running
-	r.mu.Unlock()
 	r.log.Debug("sandbox ready", "sandbox", spec.ID, "function", spec.Function, "address", b.Sandbox.Address,
 		"container_ms", ms(t1.Sub(t0)), "task_ms", ms(t2.Sub(t1)), "start_ms", ms(t3.Sub(t2)), "ready_ms", ms(time.Since(t3)))
 	return b.Sandbox, nil
@@ -591,13 +572,7 @@ func (r *Runtime) watchExit(b *box) {
 		backoff = min(2*backoff, 5*time.Second)
 	}
 	close(b.exited)
-	r.mu.Lock()
-	crashed := b.Stage == sandbox.Running
-	if crashed {
-		b.Stage = sandbox.Stopping
-	}
-	r.mu.Unlock()
-	if !crashed {
+	if !sandbox.ClaimExit(&r.mu, b) {
 		return // Create or Delete owns the cleanup
 	}
 	reason := r.exitReason(b)
@@ -649,12 +624,7 @@ func (r *Runtime) release(ctx context.Context, b *box) {
 		r.pool.Put(b.slot)
 	}
 	_ = os.Remove(b.logPath)
-	r.mu.Lock()
-	if r.boxes[b.Sandbox.ID] == b {
-		delete(r.boxes, b.Sandbox.ID)
-	}
-	r.mu.Unlock()
-	close(b.Gone)
+	sandbox.Forget(&r.mu, r.boxes, b)
 }
 
 // remove deletes the box's task, container and snapshot from containerd,
@@ -736,37 +706,19 @@ func (r *Runtime) List(ctx context.Context) ([]sandbox.Sandbox, error) {
 // removes the node network and the state directory. Later Creates fail; a
 // second Close returns nil.
 func (r *Runtime) Close(ctx context.Context) error {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
+	// At most 8 deletions at once: containerd does not go faster with more.
+	first, err := sandbox.CloseAll(ctx, &r.mu, r.boxes, &r.closed, 8, r.Delete)
+	if !first {
 		return nil
 	}
-	r.closed = true
-	ids := make([]string, 0, len(r.boxes))
-	for id := range r.boxes {
-		ids = append(ids, id)
-	}
-	r.mu.Unlock()
-	errs := make([]error, len(ids))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8) // containerd does not go faster with more
-	for i, id := range ids {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			errs[i] = r.Delete(ctx, id)
-		})
-	}
-	wg.Wait()
 	r.cancel()
 	r.wg.Wait()
-	errs = append(errs, r.pool.Close())
-	errs = append(errs, r.client.Close())
+	err = errors.Join(err, r.pool.Close(), r.client.Close())
 	if err := os.Remove(r.logDir); err == nil {
 		os.Remove(r.cfg.StateDir)
 	}
 	r.removeCgroupParents()
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		return fmt.Errorf("close containerd runtime: %w", err)
 	}
 	return nil

@@ -205,23 +205,10 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		exited:  make(chan struct{}),
 		outDone: make(chan struct{}),
 	}
-	r.mu.Lock()
-	switch {
-	case r.closed:
-		r.mu.Unlock()
-		return sandbox.Sandbox{}, errors.New("runtime is closed")
-	case r.boxes[spec.ID] != nil:
-		r.mu.Unlock()
-		return sandbox.Sandbox{}, sandbox.ErrExists
+	if err := sandbox.Register(&r.mu, r.boxes, &r.closed, b); err != nil {
+		return sandbox.Sandbox{}, err
 	}
-	r.boxes[spec.ID] = b
-	r.mu.Unlock()
-	defer close(b.Created)
-	defer func() {
-		if err != nil {
-			r.abort(b)
-		}
-	}()
+	defer sandbox.EndCreate(b, &err, r.abort)
 
 	b.port, err = r.ports.get()
 	if err != nil {
@@ -252,15 +239,9 @@ func (r *Runtime) create(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		return sandbox.Sandbox{}, err
 	}
 	b.Sandbox.Started = time.Now()
-	r.mu.Lock()
-	select {
-	case <-b.exited: // between the answer and now; watch left it to us
-		r.mu.Unlock()
+	if !sandbox.MarkRunning(&r.mu, b, b.exited) { // exited between the answer and now
 		return sandbox.Sandbox{}, fmt.Errorf("%w: exited right after answering on %s: %s", sandbox.ErrNotReady, b.Sandbox.Address, exitReason(b))
-	default:
 	}
-	b.Stage = sandbox.Running
-	r.mu.Unlock()
 	r.log.Debug("sandbox ready", "sandbox", spec.ID, "function", spec.Function, "address", b.Sandbox.Address, "pid", b.proc.Pid)
 	return b.Sandbox, nil
 }
@@ -396,38 +377,26 @@ func (r *Runtime) waitReady(ctx context.Context, b *box) error {
 	case err != nil:
 		return err
 	}
-	wait := time.Millisecond
-	var timer *time.Timer
-	for {
-		ok, inodes, err := r.listening(b)
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			if err != nil {
-				return fmt.Errorf("%w: %s answers, but who holds port %d is unknown: %v", sandbox.ErrNotReady, b.Sandbox.Address, b.port, err)
-			}
-			if len(inodes) == 0 {
-				return fmt.Errorf("%w: %s answered once, then nothing listened on it within %v%s", sandbox.ErrNotReady, b.Sandbox.Address, r.cfg.ReadyTimeout, outputSuffix(b))
-			}
-			return fmt.Errorf("%w: port %d is held by another process (%s), not by the sandbox: the function did not listen on %s within %v%s",
-				sandbox.ErrNotReady, b.port, socketHolder(inodes), b.Sandbox.Address, r.cfg.ReadyTimeout, outputSuffix(b))
-		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-			defer timer.Stop()
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case <-b.exited:
-			return r.notReadyExited(b)
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w", b.Sandbox.Address, ctx.Err())
-		case <-timer.C:
-		}
-		wait = min(wait*2, 10*time.Millisecond)
+	// Then until the listener is the sandbox's: every 1 ms, doubling to 10 ms.
+	var inodes []uint64
+	var holderErr error
+	err = sandbox.Poll(ctx, b.Sandbox.Address, deadline, sandbox.Pace{First: time.Millisecond, Growth: 200}, b.exited, func() bool {
+		var ok bool
+		ok, inodes, holderErr = r.listening(b)
+		return ok
+	})
+	switch {
+	case errors.Is(err, sandbox.ErrProbeExited):
+		return r.notReadyExited(b)
+	case errors.Is(err, sandbox.ErrProbeTimeout) && holderErr != nil:
+		return fmt.Errorf("%w: %s answers, but who holds port %d is unknown: %v", sandbox.ErrNotReady, b.Sandbox.Address, b.port, holderErr)
+	case errors.Is(err, sandbox.ErrProbeTimeout) && len(inodes) == 0:
+		return fmt.Errorf("%w: %s answered once, then nothing listened on it within %v%s", sandbox.ErrNotReady, b.Sandbox.Address, r.cfg.ReadyTimeout, outputSuffix(b))
+	case errors.Is(err, sandbox.ErrProbeTimeout):
+		return fmt.Errorf("%w: port %d is held by another process (%s), not by the sandbox: the function did not listen on %s within %v%s",
+			sandbox.ErrNotReady, b.port, socketHolder(inodes), b.Sandbox.Address, r.cfg.ReadyTimeout, outputSuffix(b))
 	}
+	return err
 }
 
 // finePollFor is how long readiness is probed every 0.5 ms (most functions
@@ -482,13 +451,7 @@ func outputSuffix(b *box) string {
 func (r *Runtime) watch(b *box) {
 	b.exitState, b.waitErr = b.proc.Wait()
 	close(b.exited)
-	r.mu.Lock()
-	crashed := b.Stage == sandbox.Running
-	if crashed {
-		b.Stage = sandbox.Stopping
-	}
-	r.mu.Unlock()
-	if !crashed {
+	if !sandbox.ClaimExit(&r.mu, b) {
 		return // Create or Delete owns the cleanup
 	}
 	reason := exitReason(b)
@@ -523,12 +486,7 @@ func (r *Runtime) release(b *box) {
 	if b.port != 0 {
 		release(b.port)
 	}
-	r.mu.Lock()
-	if r.boxes[b.Sandbox.ID] == b {
-		delete(r.boxes, b.Sandbox.ID)
-	}
-	r.mu.Unlock()
-	close(b.Gone)
+	sandbox.Forget(&r.mu, r.boxes, b)
 }
 
 // Delete kills the sandbox's process tree and frees its cgroups and port.
@@ -573,29 +531,16 @@ func (r *Runtime) List(ctx context.Context) ([]sandbox.Sandbox, error) {
 // removes the cgroup parent if it is empty. Later Creates fail; a second
 // Close returns nil.
 func (r *Runtime) Close(ctx context.Context) error {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
+	first, err := sandbox.CloseAll(ctx, &r.mu, r.boxes, &r.closed, 0, r.Delete)
+	if !first {
 		return nil
 	}
-	r.closed = true
-	ids := make([]string, 0, len(r.boxes))
-	for id := range r.boxes {
-		ids = append(ids, id)
-	}
-	r.mu.Unlock()
-	errs := make([]error, len(ids))
-	var wg sync.WaitGroup
-	for i, id := range ids {
-		wg.Go(func() { errs[i] = r.Delete(ctx, id) })
-	}
-	wg.Wait()
 	// Every Create has finished (Delete waited for those in progress) and
 	// no new one gets past the closed check: nobody sends any more.
 	close(r.spawns)
 	r.wg.Wait()
 	r.cg.removeParent()
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		return fmt.Errorf("close process runtime: %w", err)
 	}
 	return nil
