@@ -107,30 +107,10 @@ func create(epoch uint64, id string) *pb.WorkerCommand {
 // A batch of commands is carried out command by command (one with a stale
 // epoch is dropped).
 func TestWorkerBatches(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stub := &cpStub{epoch: 7, out: make(chan *pb.WorkerCommand, 4)}
-	srv := grpc.NewServer()
-	pb.RegisterControlPlaneServer(srv, stub)
-	go srv.Serve(ln)
-	defer srv.Stop()
-	defer close(stub.out)
-
-	w, err := New(Config{ID: "w", ControlPlane: ln.Addr().String(), MaxCreations: 64,
-		Capacity: Resources{CPUMillicores: 100000, MemoryMiB: 100000, Sandboxes: 1000},
+	stub, _ := runWorker(t, Config{MaxCreations: 64,
 		NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
 			return fake.New(fake.Config{Delay: 20 * time.Millisecond, OnExit: onExit})
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { w.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-
 	const n = 30
 	cmds := []*pb.WorkerCommand{create(6, "stale")}
 	for i := range n {
@@ -150,6 +130,33 @@ func TestWorkerBatches(t *testing.T) {
 	}
 }
 
+// runWorker runs a worker made from cfg (with an id, a large capacity and
+// the address of a cpStub it starts) until the test ends.
+func runWorker(t *testing.T, cfg Config) (*cpStub, *Worker) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stub := &cpStub{epoch: 7, out: make(chan *pb.WorkerCommand, 4), end: make(chan struct{}, 1)}
+	srv := grpc.NewServer()
+	pb.RegisterControlPlaneServer(srv, stub)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	t.Cleanup(func() { close(stub.out) })
+
+	cfg.ID, cfg.ControlPlane = "w", ln.Addr().String()
+	cfg.Capacity = Resources{CPUMillicores: 100000, MemoryMiB: 100000, Sandboxes: 1000}
+	w, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return stub, w
+}
+
 // slowDelete is a runtime whose deletions wait for the test.
 type slowDelete struct {
 	sandbox.Runtime
@@ -166,38 +173,18 @@ func (r *slowDelete) Delete(ctx context.Context, id string) error {
 // A sandbox still being deleted when the session breaks is not taken back
 // on the reconnect: not in the new hello, not counted as used.
 func TestReconnectDoesNotReadopt(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stub := &cpStub{epoch: 7, out: make(chan *pb.WorkerCommand, 4), end: make(chan struct{}, 1)}
-	srv := grpc.NewServer()
-	pb.RegisterControlPlaneServer(srv, stub)
-	go srv.Serve(ln)
-	defer srv.Stop()
-	defer close(stub.out)
-
 	rt := &slowDelete{deleting: make(chan string, 4), release: make(chan struct{})}
-	w, err := New(Config{ID: "w", ControlPlane: ln.Addr().String(),
-		Capacity: Resources{CPUMillicores: 100000, MemoryMiB: 100000, Sandboxes: 1000},
+	stub, w := runWorker(t, Config{
 		NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
 			f, err := fake.New(fake.Config{OnExit: onExit})
 			rt.Runtime = f
 			return rt, err
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { w.Run(ctx); close(done) }()
 	released := false
-	defer func() {
+	defer func() { // before the worker stops: it waits for its deletions
 		if !released {
 			close(rt.release)
 		}
-		cancel()
-		<-done
 	}()
 
 	stub.out <- create(7, "a")
