@@ -10,6 +10,7 @@ package workload
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -57,7 +58,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok"))
 		return
 	}
-	status, body := Run(r.Context(), h.machine, r.Header.Get(HeaderWorkload), r.Header.Get(HeaderRequestedCPU),
+	status, body := Run(r.Context(), nil, h.machine, r.Header.Get(HeaderWorkload), r.Header.Get(HeaderRequestedCPU),
 		r.Header.Get(HeaderFunction))
 	if status != http.StatusOK {
 		http.Error(w, string(body), status)
@@ -69,17 +70,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // Run does what a request with these header values asks (see Handler) and
-// returns the answer: 200 and the JSON Response, or 400 and what to fix.
-// A sleep ends early when ctx is done (the client went away).
-func Run(ctx context.Context, machine, kind, requestedCPU, function string) (int, []byte) {
+// appends the answer to dst: 200 and the JSON Response, or 400 and what to
+// fix. A sleep ends early when ctx is done (the client went away).
+func Run(ctx context.Context, dst []byte, machine, kind, requestedCPU, function string) (int, []byte) {
 	start := time.Now()
-	var d time.Duration
-	if v := requestedCPU; v != "" {
-		ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || ms < 0 {
-			return http.StatusBadRequest, []byte("requested_cpu must be a non-negative integer number of milliseconds, got " + strconv.Quote(v))
-		}
-		d = time.Duration(ms) * time.Millisecond
+	d, err := duration(requestedCPU)
+	if err != nil {
+		return http.StatusBadRequest, append(dst, err.Error()...)
 	}
 	switch {
 	case strings.Contains(kind, "empty"):
@@ -88,12 +85,31 @@ func Run(ctx context.Context, machine, kind, requestedCPU, function string) (int
 	default:
 		Spin(d)
 	}
-	return http.StatusOK, AppendResponse(nil, Response{
+	return http.StatusOK, AppendResponse(dst, Response{
 		Status:        "OK",
 		Function:      function,
 		MachineName:   machine,
 		ExecutionTime: time.Since(start).Microseconds(),
 	})
+}
+
+// Sleeps says whether a request with these header values sleeps, and so
+// may want to learn that its client went away.
+func Sleeps(kind, requestedCPU string) bool {
+	d, err := duration(requestedCPU)
+	return err == nil && d > 0 && !strings.Contains(kind, "empty") && strings.Contains(kind, "sleep")
+}
+
+// duration is the requested_cpu header's value (0 if absent).
+func duration(requestedCPU string) (time.Duration, error) {
+	if requestedCPU == "" {
+		return 0, nil
+	}
+	ms, err := strconv.ParseInt(strings.TrimSpace(requestedCPU), 10, 64)
+	if err != nil || ms < 0 {
+		return 0, errors.New("requested_cpu must be a non-negative integer number of milliseconds, got " + strconv.Quote(requestedCPU))
+	}
+	return time.Duration(ms) * time.Millisecond, nil
 }
 
 // AppendResponse appends r as JSON, byte for byte as encoding/json writes
@@ -115,7 +131,7 @@ func AppendResponse(b []byte, r Response) []byte {
 func appendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s) // a string always encodes
+			q, _ := json.Marshal(strings.Clone(s)) // a string always encodes; the clone keeps s off the heap
 			return append(b, q...)
 		}
 	}

@@ -132,3 +132,40 @@ func TestAppendResponseIsJSON(t *testing.T) {
 		}
 	}
 }
+
+// Run appends to the buffer it is given: an empty workload answered into a
+// reused buffer allocates nothing (the fake runtime's server answers every
+// emulated request so).
+func TestRunAppendsWithoutAllocating(t *testing.T) {
+	buf := make([]byte, 0, 256)
+	ctx := t.Context()
+	allocs := testing.AllocsPerRun(100, func() {
+		_, buf = Run(ctx, buf[:0], "m", "empty", "0", "fn-1")
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per Run into a reused buffer, want 0", allocs)
+	}
+	if status, got := Run(ctx, []byte("kept:"), "m", "empty", "", "f"); status != 200 || !strings.HasPrefix(string(got), `kept:{"Status":"OK","Function":"f"`) {
+		t.Errorf("Run appended %d %q", status, got)
+	}
+}
+
+func TestSleeps(t *testing.T) {
+	for _, tc := range []struct {
+		kind, cpu string
+		want      bool
+	}{
+		{"sleep", "10", true},
+		{"sleep", " 10", true},
+		{"sleep", "0", false},
+		{"sleep", "00", false},
+		{"sleep", "", false},
+		{"sleep", "x", false},
+		{"empty-sleep", "10", false},
+		{"spin", "10", false},
+	} {
+		if got := Sleeps(tc.kind, tc.cpu); got != tc.want {
+			t.Errorf("Sleeps(%q, %q) = %v, want %v", tc.kind, tc.cpu, got, tc.want)
+		}
+	}
+}

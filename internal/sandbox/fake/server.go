@@ -139,12 +139,10 @@ func (s *Server) serve(c net.Conn) {
 		case req.health:
 			ctype, body = "text/plain; charset=utf-8", append(body[:0], "ok"...)
 		default:
-			var out []byte
-			status, out = s.run(c, br, &req)
+			status, body = s.run(c, br, &req, body[:0])
 			if status != http.StatusOK {
-				ctype, out = "text/plain; charset=utf-8", append(out, '\n')
+				ctype, body = "text/plain; charset=utf-8", append(body, '\n')
 			}
-			body = append(body[:0], out...)
 		}
 		writeAnswer(bw, status, ctype, body, req.head, !req.keep)
 		if bw.Flush() != nil || !req.keep {
@@ -155,16 +153,17 @@ func (s *Server) serve(c net.Conn) {
 
 // run answers a workload request. A sleep ends early if the client goes
 // away, as with net/http (a background read watches the connection).
-func (s *Server) run(c net.Conn, br *bufio.Reader, req *request) (int, []byte) {
+func (s *Server) run(c net.Conn, br *bufio.Reader, req *request, dst []byte) (int, []byte) {
 	ctx := context.Background()
-	if bytes.Contains(req.workload, []byte("sleep")) && len(req.cpu) > 0 && !bytes.Equal(req.cpu, []byte("0")) {
+	kind, cpu := string(req.workload), string(req.cpu)
+	if workload.Sleeps(kind, cpu) {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
 		stop := watchGone(c, br, cancel)
 		defer stop()
 	}
-	return workload.Run(ctx, machineName, string(req.workload), string(req.cpu), string(req.function))
+	return workload.Run(ctx, dst, machineName, kind, cpu, string(req.function))
 }
 
 // watchGone reads ahead on c in the background and calls gone if the
