@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -176,49 +177,56 @@ func (is *images) firstUse(name, function string, generation uint64) bool {
 }
 
 // resolve finds name's image in containerd, or pulls it, and unpacks it. A
-// tag (not pinned) is looked up in the registry first and pulled again if
-// it now names another image than containerd has; when the lookup fails,
-// the image containerd has is used. prev, the last resolution of name, is
-// kept as it is when the tag still names it (or cannot be looked up): a
-// refresh then costs the lookup alone.
+// tag (not pinned) that containerd has is looked up in the registry and
+// pulled again if it now names another image; when the registry cannot be
+// reached (for the lookup or the pull), the image containerd has is used,
+// with a warning. prev, the last resolution of name, is kept as it is when
+// the tag still names it (or cannot be looked up): a refresh then costs the
+// lookup alone. A tag containerd lacks is pulled at once (the pull's own
+// lookup is the only one), and a moved tag is pulled with what the lookup
+// found (one lookup, one token).
 func (is *images) resolve(ctx context.Context, log *slog.Logger, name string, pinned bool, prev *resolvedImage) (*resolvedImage, error) {
-	var desc ocispec.Descriptor
-	var lookupErr error
-	if !pinned {
-		desc, lookupErr = is.lookup(ctx, name)
-		switch {
-		case prev == nil:
-		case lookupErr == nil && desc.Digest == prev.digest:
-			return prev, nil
-		case lookupErr != nil && ctx.Err() == nil:
-			log.Warn(lookupFailed, "image", name, "digest", prev.digest, "err", lookupErr)
-			return prev, nil
-		}
-	}
 	img, err := is.client.GetImage(ctx, name)
 	have := err == nil
 	if err != nil && !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("%w: look up image %s in containerd: %v", sandbox.ErrNotReady, name, err)
 	}
+	res := is.resolver()
 	pull := !have
-	if !pinned {
+	if have && !pinned {
+		had := img.Target().Digest
+		if prev != nil {
+			had = prev.digest
+		}
+		desc, err := is.lookup(ctx, res, name)
 		switch {
-		case lookupErr == nil:
-			pull = !have || img.Target().Digest != desc.Digest
-			if have && pull {
-				log.Info("image tag moved: pulling it", "image", name, "had", img.Target().Digest, "now", desc.Digest)
-			}
-		case !have || ctx.Err() != nil:
-			return nil, pullError(name, lookupErr)
-		default:
-			log.Warn(lookupFailed, "image", name, "digest", img.Target().Digest, "err", lookupErr)
+		case err != nil && ctx.Err() != nil:
+			return nil, pullError(name, err)
+		case err != nil:
+			log.Warn(lookupFailed, "image", name, "digest", had, "err", err)
+		case prev != nil && desc.Digest == prev.digest:
+			return prev, nil
+		case desc.Digest != img.Target().Digest:
+			log.Info("image tag moved: pulling it", "image", name, "had", img.Target().Digest, "now", desc.Digest)
+			res, pull = knownResolver{res, name, desc}, true
+		}
+		if err != nil && prev != nil {
+			return prev, nil
 		}
 	}
 	if pull {
-		if img, err = is.pull(ctx, name); err != nil {
+		pulled, err := is.pull(ctx, res, name)
+		switch {
+		case err == nil:
+			img = pulled
+		case have && errors.Is(err, sandbox.ErrNotReady) && ctx.Err() == nil:
+			log.Warn(pullFailed, "image", name, "digest", img.Target().Digest, "err", err)
+			pull = false
+		default:
 			return nil, err
 		}
-	} else {
+	}
+	if !pull {
 		unpacked, err := img.IsUnpacked(ctx, is.snapshotter)
 		if err == nil && !unpacked {
 			err = img.Unpack(ctx, is.snapshotter)
@@ -241,19 +249,37 @@ func (is *images) resolve(ctx context.Context, log *slog.Logger, name string, pi
 	return &resolvedImage{name: name, digest: img.Target().Digest, chainID: identity.ChainID(diffIDs).String(), config: spec.Config}, nil
 }
 
-const lookupFailed = "cannot look the image tag up in its registry: using the image containerd has"
+const (
+	lookupFailed = "cannot look the image tag up in its registry: using the image containerd has"
+	pullFailed   = "cannot pull the image the tag names now: using the image containerd has"
+)
 
 // lookup asks the registry which manifest the tag name names now: a HEAD
 // request (after a token fetch, where the registry wants one), no download.
-func (is *images) lookup(ctx context.Context, name string) (ocispec.Descriptor, error) {
+func (is *images) lookup(ctx context.Context, res remotes.Resolver, name string) (ocispec.Descriptor, error) {
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
-	_, desc, err := is.resolver().Resolve(ctx, name)
+	_, desc, err := res.Resolve(ctx, name)
 	return desc, err
 }
 
-func (is *images) pull(ctx context.Context, name string) (containerd.Image, error) {
-	img, err := is.client.Pull(ctx, name, containerd.WithResolver(is.resolver()), containerd.WithPullUnpack,
+// knownResolver answers a lookup of name with what one just found, so
+// that the pull that follows it does not ask the registry again.
+type knownResolver struct {
+	remotes.Resolver
+	name string
+	desc ocispec.Descriptor
+}
+
+func (k knownResolver) Resolve(ctx context.Context, ref string) (string, ocispec.Descriptor, error) {
+	if ref == k.name {
+		return ref, k.desc, nil
+	}
+	return k.Resolver.Resolve(ctx, ref)
+}
+
+func (is *images) pull(ctx context.Context, res remotes.Resolver, name string) (containerd.Image, error) {
+	img, err := is.client.Pull(ctx, name, containerd.WithResolver(res), containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(is.snapshotter))
 	if err != nil {
 		return nil, pullError(name, err)
@@ -261,8 +287,9 @@ func (is *images) pull(ctx context.Context, name string) (containerd.Image, erro
 	return img, nil
 }
 
-// resolver is made for each lookup or pull: it reads the credentials
-// afresh, and its fallback transport remembers only this pull's host.
+// resolver is made for each resolution (its lookup and pull share it, and
+// its token): it reads the credentials afresh, and its fallback transport
+// remembers only this pull's host.
 func (is *images) resolver() remotes.Resolver {
 	return docker.NewResolver(docker.ResolverOptions{Hosts: is.hosts()})
 }

@@ -34,6 +34,7 @@ import (
 type recordingProxy struct {
 	srv   *httptest.Server
 	delay atomic.Int64 // nanoseconds each request waits before it is forwarded
+	fail  atomic.Bool  // answer every GET 503 (lookups still pass)
 	mu    sync.Mutex
 	reqs  []string // "METHOD /path"
 }
@@ -47,6 +48,10 @@ func newRecordingProxy(t testing.TB) *recordingProxy {
 		p.reqs = append(p.reqs, r.Method+" "+r.URL.Path)
 		p.mu.Unlock()
 		time.Sleep(time.Duration(p.delay.Load()))
+		if r.Method == http.MethodGet && p.fail.Load() {
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
+			return
+		}
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(p.close)
@@ -135,6 +140,17 @@ func wantServes(t *testing.T, rt *Runtime, image, function string, generation ui
 	}
 }
 
+// lookups counts the manifest HEADs among reqs: the tag looked up.
+func lookups(reqs []string) int {
+	n := 0
+	for _, r := range reqs {
+		if strings.HasPrefix(r, "HEAD ") && strings.Contains(r, "/manifests/") {
+			n++
+		}
+	}
+	return n
+}
+
 // onlyLookups checks that reqs is exactly one manifest HEAD: a tag looked
 // up, nothing downloaded.
 func onlyLookups(t *testing.T, reqs []string, why string) {
@@ -157,8 +173,8 @@ func TestRefreshTag(t *testing.T) {
 	rt := newRuntime(t, testConfig(t))
 
 	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
-	if len(reg.take()) == 0 {
-		t.Fatal("the first Create did not reach the registry")
+	if reqs := reg.take(); lookups(reqs) != 1 {
+		t.Fatalf("the first Create (a pull) asked the registry for the tag %d times, want once: %q", lookups(reqs), reqs)
 	}
 	pushFunction(t, repo, "refresh-b") // straight to the registry
 
@@ -167,8 +183,8 @@ func TestRefreshTag(t *testing.T) {
 		t.Errorf("a Create of a generation already used reached the registry: %q", reqs)
 	}
 	wantServes(t, rt, ref, "f", 2, "refresh-b", "generation 2")
-	if reqs := reg.take(); !strings.Contains(strings.Join(reqs, "\n"), "GET ") {
-		t.Errorf("generation 2 did not pull the new image: the registry got %q", reqs)
+	if reqs := reg.take(); !strings.Contains(strings.Join(reqs, "\n"), "GET ") || lookups(reqs) != 1 {
+		t.Errorf("generation 2 did not pull the new image after one lookup of the tag: the registry got %q", reqs)
 	}
 	wantServes(t, rt, ref, "f", 2, "refresh-b", "generation 2 again")
 	wantServes(t, rt, ref, "f", 1, "refresh-b", "generation 1 during a rollout")
@@ -317,6 +333,33 @@ func TestRefreshRegistryDown(t *testing.T) {
 	}
 }
 
+// TestRefreshPullFails: a tag that moved but whose new image cannot be
+// pulled (the registry answers lookups, not downloads) starts sandboxes
+// from the image containerd has, with a warning, as when the registry
+// cannot be reached at all.
+func TestRefreshPullFails(t *testing.T) {
+	needRegistry(t)
+	t.Setenv("BATON_TEST_LOG", "") // newRuntime would replace the logger
+	repo := refreshRepo("pullfails")
+	pushFunction(t, repo, "refresh-a")
+	reg := newRecordingProxy(t)
+	ref := reg.addr() + repo
+	warn := &warnings{}
+	cfg := testConfig(t)
+	cfg.Logger = slog.New(warn)
+	rt := newRuntime(t, cfg)
+
+	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
+	pushFunction(t, repo, "refresh-b")
+	reg.fail.Store(true)
+	wantServes(t, rt, ref, "f", 2, "refresh-a", "generation 2, the new image failing to download")
+	if w := warn.about(ref); len(w) != 1 || !strings.Contains(w[0], "cannot pull") {
+		t.Errorf("warnings: %q, want one saying the new image could not be pulled", w)
+	}
+	reg.fail.Store(false)
+	wantServes(t, rt, ref, "f", 3, "refresh-b", "generation 3, downloads back")
+}
+
 // TestRefreshDigest: a reference pinned by digest is never asked of the
 // registry once containerd has it, whatever the generation, a Prepull or a
 // restart, and whatever its tag became.
@@ -330,8 +373,8 @@ func TestRefreshDigest(t *testing.T) {
 	rt := newRuntime(t, testConfig(t))
 
 	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
-	if len(reg.take()) == 0 {
-		t.Fatal("the first Create did not reach the registry")
+	if reqs := reg.take(); lookups(reqs) != 1 {
+		t.Fatalf("the first Create (a pull) asked the registry for the tag %d times, want once: %q", lookups(reqs), reqs)
 	}
 	pushFunction(t, repo, "refresh-b") // the tag moves, not the digest
 	wantServes(t, rt, ref, "f", 2, "refresh-a", "generation 2")
