@@ -2,11 +2,9 @@ package image
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/docker/cli/cli/config"
 	"github.com/docker/cli/cli/config/configfile"
@@ -67,16 +65,21 @@ func (k fileKeychain) Resolve(target authn.Resource) (authn.Authenticator, error
 	if err != nil {
 		return nil, err
 	}
-	for _, key := range []string{target.String(), target.RegistryStr()} {
+	keys := []string{target.String()}
+	if r := target.RegistryStr(); r != keys[0] {
+		keys = append(keys, r)
+	}
+	for _, key := range keys {
 		if key == name.DefaultRegistry {
 			key = authn.DefaultAuthKey
 		}
+		// The file's "auth" is decoded into Username and Password on load.
 		ac, err := cf.GetAuthConfig(key)
 		if err != nil {
 			return nil, fmt.Errorf("registry credentials %s for %s: %w", string(k), key, err)
 		}
-		if ac.Username != "" || ac.Password != "" || ac.Auth != "" || ac.IdentityToken != "" || ac.RegistryToken != "" {
-			return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password, Auth: ac.Auth,
+		if ac.Username != "" || ac.Password != "" || ac.IdentityToken != "" || ac.RegistryToken != "" {
+			return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password,
 				IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}), nil
 		}
 	}
@@ -103,21 +106,13 @@ func Credentials(ctx context.Context, kc authn.Keychain, host string) (user, sec
 	if err != nil {
 		return "", "", fmt.Errorf("registry credentials for %s: %w", host, err)
 	}
+	// Both keychains load Docker config files, which decode "auth" into
+	// Username and Password, and credential helpers answer with those.
 	switch {
 	case ac.IdentityToken != "":
 		return "", ac.IdentityToken, nil
 	case ac.Username != "" || ac.Password != "":
 		return ac.Username, ac.Password, nil
-	case ac.Auth != "":
-		raw, err := base64.StdEncoding.DecodeString(ac.Auth)
-		if err != nil {
-			return "", "", fmt.Errorf("registry credentials for %s: auth is not base64: %w", host, err)
-		}
-		u, p, ok := strings.Cut(string(raw), ":")
-		if !ok {
-			return "", "", fmt.Errorf("registry credentials for %s: auth is not user:password", host)
-		}
-		return u, p, nil
 	case ac.RegistryToken != "":
 		return "", "", errors.New("registry credentials for " + host + ": a registry token (bearer) cannot be used for pulls; give a user and password or an identity token")
 	}
