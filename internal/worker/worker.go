@@ -60,7 +60,10 @@ type Worker struct {
 	rt  sandbox.Runtime
 	cpc *cpclient.Client
 	own bool // cpc is ours to close
-	sem chan struct{}
+	// adopted: the runtime's sandboxes were taken over (adopt); Run's
+	// goroutine's.
+	adopted bool
+	sem     chan struct{}
 	// pullSem bounds the prepulls running at once (they share the node's
 	// bandwidth and disk with the creations).
 	pullSem chan struct{}
@@ -72,9 +75,6 @@ type Worker struct {
 	queued    int
 	creating  int
 	pulls     map[string]*prepull // image -> its prepull in flight
-	// adopted: the runtime's sandboxes were taken over once, at the
-	// first session; later sessions only report what is ours.
-	adopted bool
 
 	wg sync.WaitGroup
 }
@@ -213,6 +213,30 @@ func (s *session) send(m *pb.WorkerMessage) {
 	}
 }
 
+// adopt takes over, once, the sandboxes the runtime found again after a
+// restart of this process (the containerd runtime adopts its running
+// containers): they are counted, deleted when told, their exits reported.
+// Later sessions report what the worker holds, without asking the runtime.
+func (w *Worker) adopt(ctx context.Context) error {
+	if w.adopted {
+		return nil // only Run's goroutine sets it
+	}
+	list, err := w.rt.List(ctx)
+	if err != nil {
+		return fmt.Errorf("list sandboxes: %w", err)
+	}
+	w.mu.Lock()
+	for _, sb := range list {
+		if _, ok := w.sandboxes[sb.ID]; !ok {
+			w.sandboxes[sb.ID] = &entry{spec: sandbox.Spec{ID: sb.ID, Function: sb.Function, Generation: sb.Generation,
+				CPUMillicores: sb.CPUMillicores, MemoryMiB: sb.MemoryMiB}, sb: sb, ready: true, cancel: func() {}}
+		}
+	}
+	w.mu.Unlock()
+	w.adopted = true
+	return nil
+}
+
 func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error {
 	life := ctx // the worker's, which prepulls live as long as
 	ctx, cancel := context.WithCancel(ctx)
@@ -221,32 +245,17 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 	if err != nil {
 		return err
 	}
-	list, err := w.rt.List(ctx)
-	if err != nil {
-		return fmt.Errorf("list sandboxes: %w", err)
+	if err := w.adopt(ctx); err != nil {
+		return err
 	}
 	w.mu.Lock()
-	// Sandboxes the runtime found again after a restart of this process
-	// (the containerd runtime adopts its running containers) are ours now:
-	// count them, delete them when told, report their exits. That is done
-	// once: on a reconnect, a listed sandbox we do not hold is one being
-	// deleted, not one to take back.
-	if !w.adopted {
-		for _, sb := range list {
-			if _, ok := w.sandboxes[sb.ID]; !ok {
-				w.sandboxes[sb.ID] = &entry{spec: sandbox.Spec{ID: sb.ID, Function: sb.Function, Generation: sb.Generation,
-					CPUMillicores: sb.CPUMillicores, MemoryMiB: sb.MemoryMiB}, sb: sb, ready: true, cancel: func() {}}
-			}
-		}
-		w.adopted = true
-	}
 	hello := &pb.WorkerHello{WorkerId: w.cfg.ID, Hostname: w.cfg.Hostname, Runtime: w.rt.Name(),
 		Capacity: w.capacity(), LastEpoch: w.lastEpoch}
-	held := 0
-	for _, sb := range list {
-		if _, ok := w.sandboxes[sb.ID]; ok {
-			hello.Sandboxes = append(hello.Sandboxes, info(sb))
-			held++
+	inHello := map[string]bool{}
+	for id, e := range w.sandboxes {
+		if e.ready {
+			hello.Sandboxes = append(hello.Sandboxes, info(e.sb))
+			inHello[id] = true
 		}
 	}
 	w.mu.Unlock()
@@ -264,7 +273,18 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 	s := &session{epoch: acc.Epoch, wake: make(chan struct{}, 1)}
 	w.mu.Lock()
 	w.session, w.lastEpoch = s, acc.Epoch
+	// Creations that ended after the hello was made reported to no
+	// session (they read w.session under w.mu): this one hears of them.
+	var late []*pb.SandboxInfo
+	for id, e := range w.sandboxes {
+		if e.ready && !inHello[id] {
+			late = append(late, info(e.sb))
+		}
+	}
 	w.mu.Unlock()
+	for _, in := range late {
+		w.event(s, pb.SandboxEvent_KIND_READY, in, "", 0)
+	}
 	defer func() {
 		w.mu.Lock()
 		if w.session == s {
@@ -273,12 +293,17 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 		s.closed = true
 		w.mu.Unlock()
 	}()
-	w.log.Info("connected to control plane", "addr", w.cfg.ControlPlane, "epoch", acc.Epoch, "sandboxes", held)
+	w.log.Info("connected to control plane", "addr", w.cfg.ControlPlane, "epoch", acc.Epoch, "sandboxes", len(hello.Sandboxes))
 
+	// The session's goroutines end with it: a batch being carried out
+	// must not start work after Run has stopped waiting for it.
 	errc := make(chan error, 3)
-	go func() { errc <- w.sender(ctx, stream, s) }()
-	go func() { errc <- w.heartbeats(ctx, s, time.Duration(acc.HeartbeatIntervalMs)*time.Millisecond) }()
-	go func() {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { errc <- w.sender(ctx, stream, s) })
+	wg.Go(func() { errc <- w.heartbeats(ctx, s, time.Duration(acc.HeartbeatIntervalMs)*time.Millisecond) })
+	wg.Go(func() {
 		for {
 			cmd, err := stream.Recv()
 			if err != nil {
@@ -290,12 +315,15 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 				cmds = b.Commands // a nested batch matches no case in handle
 			}
 			for _, c := range cmds {
+				if ctx.Err() != nil {
+					return
+				}
 				if c.Epoch >= s.epoch { // else from an older session or a deposed leader
 					w.handle(life, s, c)
 				}
 			}
 		}
-	}()
+	})
 	err = <-errc
 	if errors.Is(err, io.EOF) {
 		err = errors.New("control plane closed the session")
@@ -501,8 +529,8 @@ func (w *Worker) create(s *session, c *pb.CreateSandbox) {
 		} else {
 			e.sb, e.ready = sb, true
 		}
+		cur := w.session // read with ready set: see runSession's late READYs
 		w.mu.Unlock()
-		cur := w.current()
 		switch {
 		case err == nil && cancelled: // deleted while being created
 			w.rt.Delete(context.Background(), spec.ID)

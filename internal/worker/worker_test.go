@@ -29,6 +29,9 @@ type cpStub struct {
 	hellos []*pb.WorkerHello
 	hbs    []*pb.WorkerHeartbeat
 	end    chan struct{} // a value ends the current session
+	// beforeAccept, if set, runs before the n-th session (from 1) is
+	// accepted.
+	beforeAccept func(n int)
 }
 
 func (c *cpStub) WorkerSession(stream pb.ControlPlane_WorkerSessionServer) error {
@@ -38,7 +41,11 @@ func (c *cpStub) WorkerSession(stream pb.ControlPlane_WorkerSessionServer) error
 	}
 	c.mu.Lock()
 	c.hellos = append(c.hellos, m.GetHello())
+	n, before := len(c.hellos), c.beforeAccept
 	c.mu.Unlock()
+	if before != nil {
+		before(n)
+	}
 	if err := stream.Send(&pb.WorkerCommand{Epoch: c.epoch, Cmd: &pb.WorkerCommand_Accepted{
 		Accepted: &pb.SessionAccepted{Epoch: c.epoch, HeartbeatIntervalMs: 20}}}); err != nil {
 		return err
@@ -107,7 +114,7 @@ func create(epoch uint64, id string) *pb.WorkerCommand {
 // A batch of commands is carried out command by command (one with a stale
 // epoch is dropped).
 func TestWorkerBatches(t *testing.T) {
-	stub, _ := runWorker(t, Config{MaxCreations: 64,
+	stub, w := runWorker(t, Config{MaxCreations: 64,
 		NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
 			return fake.New(fake.Config{Delay: 20 * time.Millisecond, OnExit: onExit})
 		}})
@@ -118,14 +125,13 @@ func TestWorkerBatches(t *testing.T) {
 	}
 	stub.out <- &pb.WorkerCommand{Epoch: 7, Cmd: &pb.WorkerCommand_Batch{Batch: &pb.WorkerCommands{Commands: cmds}}}
 
-	deadline := time.Now().Add(10 * time.Second)
-	for len(stub.ready()) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d sandboxes of the batch reported ready within 10s", len(stub.ready()), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if stub.ready()["stale"] {
+	eventually(t, fmt.Sprintf("the %d sandboxes of the batch reported ready", n), func() bool { return len(stub.ready()) >= n })
+	// handle registers a sandbox before it reports: one the stale command
+	// made would be in the map by now, whether or not it reported yet.
+	w.mu.Lock()
+	_, stale := w.sandboxes["stale"]
+	w.mu.Unlock()
+	if stale || stub.ready()["stale"] {
 		t.Fatal("a command with a stale epoch inside a batch created its sandbox")
 	}
 }
@@ -223,6 +229,57 @@ func TestReconnectDoesNotReadopt(t *testing.T) {
 	}
 	close(rt.release)
 	released = true
+}
+
+// A creation that ends while the worker is between sessions (after the
+// new hello was made, before it is accepted) is reported READY to the new
+// session, once: it is not left running unknown to the control plane.
+func TestReadyBetweenSessions(t *testing.T) {
+	var w *Worker
+	ready := func(id string) bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		e := w.sandboxes[id]
+		return e != nil && e.ready
+	}
+	var stub *cpStub
+	stub, w = runWorker(t, Config{
+		NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+			return fake.New(fake.Config{Delay: 300 * time.Millisecond, OnExit: onExit})
+		}})
+	stub.out <- create(7, "a")
+	eventually(t, "a being created", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.sandboxes["a"] != nil
+	})
+	stub.mu.Lock()
+	stub.beforeAccept = func(n int) { // the second session waits for a to be ready
+		if n == 2 {
+			eventually(t, "a ready", func() bool { return ready("a") })
+		}
+	}
+	stub.mu.Unlock()
+	stub.end <- struct{}{}
+	eventually(t, "a reported ready to the second session", func() bool { return stub.ready()["a"] })
+	stub.mu.Lock()
+	hello := stub.hellos[1]
+	stub.mu.Unlock()
+	if len(hello.Sandboxes) != 0 {
+		t.Errorf("the second hello lists %v; a was still being created when it was made", hello.Sandboxes)
+	}
+	time.Sleep(50 * time.Millisecond) // a second READY would come at once
+	stub.mu.Lock()
+	n := 0
+	for _, ev := range stub.events {
+		if ev.Kind == pb.SandboxEvent_KIND_READY && ev.Sandbox.SandboxId == "a" {
+			n++
+		}
+	}
+	stub.mu.Unlock()
+	if n != 1 {
+		t.Errorf("a reported READY %d times, want once", n)
+	}
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
