@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -704,6 +705,42 @@ func TestResendAfterSandboxDied(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestEvictedSandboxComesBack: a sandbox the data plane took out of
+// routing (a fresh connection dropped) while the control plane still lists
+// it serves again once its mark expires, without a route update: here the
+// request that found it dropping waits for it and gets its answer.
+func TestEvictedSandboxComesBack(t *testing.T) {
+	t.Parallel()
+	var conns atomic.Int32
+	addr := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if conns.Add(1) == 1 { // the first connection drops its request
+			http.ReadRequest(br)
+			c.(*net.TCPConn).SetLinger(0)
+			return
+		}
+		for {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nback")
+		}
+	})
+	cp := newFakeCP(t, route("f", 1, 10, 10000, ep("s1", addr)))
+	d := startDP(t, cp, nil)
+	d.rt.deadTTL = 300 * time.Millisecond
+	start := time.Now()
+	r := get(t, newClient(t), d, "f", "/")
+	if r.status != 200 || r.body != "back" {
+		t.Fatalf("got %d %q %v, want 200 back once the mark expired", r.status, r.body, r.err)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Errorf("answered after %v, before the mark expired: was the sandbox taken out?", took)
+	}
+	if s, _ := d.Stats("f"); len(s.Endpoints) != 1 {
+		t.Errorf("after the mark expired f routes to %+v, want s1", s.Endpoints)
 	}
 }
 

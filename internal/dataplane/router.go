@@ -42,6 +42,7 @@ type router struct {
 
 	wmu        sync.Mutex        // serialises route updates
 	tombstones map[string]uint64 // functions deleted in this epoch -> version (wmu)
+	deadTTL    time.Duration     // how long evict keeps a sandbox out (tests shorten it)
 
 	scale  scaleSet
 	active activeSet
@@ -55,6 +56,7 @@ func newRouter(pol policy, queueLimit int, log *slog.Logger) *router {
 		log:        log,
 		tombstones: make(map[string]uint64),
 		scale:      scaleSet{kick: make(chan struct{}, 1)},
+		deadTTL:    deadTTL,
 	}
 }
 

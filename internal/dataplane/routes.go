@@ -118,9 +118,11 @@ func newRouteState(fr *controlplanev1.FunctionRoute, old []*endpoint, dead []dea
 	if st.timeout <= 0 {
 		st.timeout = DefaultTimeout
 	}
+	var withheld []*endpoint // by st.dead's index: what the last route listed
 	for _, d := range dead {
 		if now.Before(d.until) {
-			st.dead = append(st.dead, d)
+			st.dead = append(st.dead, deadMark{id: d.id, until: d.until}) // ep: if this route lists it
+			withheld = append(withheld, d.ep)
 		}
 	}
 	var byID map[string]*endpoint
@@ -143,10 +145,11 @@ func newRouteState(fr *controlplanev1.FunctionRoute, old []*endpoint, dead []dea
 	}
 	st.eps = make([]*endpoint, 0, len(fr.GetEndpoints()))
 	for _, e := range fr.GetEndpoints() {
-		if st.isDead(e.GetSandboxId()) {
-			continue
-		}
 		ep := find(e.GetSandboxId())
+		d := slices.IndexFunc(st.dead, func(m deadMark) bool { return m.id == e.GetSandboxId() })
+		if d >= 0 {
+			ep = withheld[d]
+		}
 		if ep == nil || ep.addr != e.GetAddress() {
 			ep = &endpoint{
 				id:           e.GetSandboxId(),
@@ -156,18 +159,13 @@ func newRouteState(fr *controlplanev1.FunctionRoute, old []*endpoint, dead []dea
 				added:        now,
 			}
 		}
+		if d >= 0 {
+			st.dead[d].ep = ep // withheld until the mark expires
+			continue
+		}
 		st.eps = append(st.eps, ep)
 	}
 	return st
-}
-
-func (st *routeState) isDead(id string) bool {
-	for _, d := range st.dead {
-		if d.id == id {
-			return true
-		}
-	}
-	return false
 }
 
 // evict takes ep out of fn's routing because it was found dead: a dial was
@@ -185,11 +183,37 @@ func (rt *router) evict(fn *function, ep *endpoint) {
 	}
 	next := *st
 	next.eps = slices.Delete(slices.Clone(st.eps), i, i+1)
-	next.dead = append(slices.Clone(st.dead), deadMark{id: ep.id, until: time.Now().Add(deadTTL)})
+	next.dead = append(slices.Clone(st.dead), deadMark{id: ep.id, until: time.Now().Add(rt.deadTTL), ep: ep})
 	fn.state.Store(&next)
 	rt.wmu.Unlock()
+	time.AfterFunc(rt.deadTTL, func() { rt.revive(fn, ep.id) })
 	rt.log.Warn("sandbox unreachable: taken out of routing until the control plane confirms",
 		"function", fn.name, "sandbox", ep.id, "address", ep.addr, "worker", ep.worker)
+}
+
+// revive ends the mark of sandbox id once it has expired: if the control
+// plane still lists the sandbox, it was alive after all (a request that
+// dropped its connection, a refusal that passed), and it serves again.
+func (rt *router) revive(fn *function, id string) {
+	rt.wmu.Lock()
+	st := fn.state.Load()
+	i := slices.IndexFunc(st.dead, func(d deadMark) bool { return d.id == id })
+	if i < 0 || time.Now().Before(st.dead[i].until) { // gone with an update, or marked again
+		rt.wmu.Unlock()
+		return
+	}
+	next := *st
+	ep := st.dead[i].ep
+	next.dead = slices.Delete(slices.Clone(st.dead), i, i+1)
+	if ep != nil && rt.table.get(fn.name) == fn { // not deleted since
+		next.eps = append(slices.Clone(st.eps), ep)
+	}
+	fn.state.Store(&next)
+	rt.wmu.Unlock()
+	if ep != nil {
+		rt.log.Info("sandbox back in routing: the control plane still lists it", "function", fn.name, "sandbox", id)
+		rt.settle(fn)
+	}
 }
 
 // settle serves or fails fn's waiters after its route changed.

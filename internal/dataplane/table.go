@@ -179,7 +179,8 @@ type routeState struct {
 	// dead lists sandboxes this data plane found dead (refused or dropped a
 	// fresh connection) and took out of eps before the control plane said
 	// so; an update that still lists one leaves it out until its mark
-	// expires. Written under the router's wmu.
+	// expires, when it comes back (router.revive). Written under the
+	// router's wmu.
 	dead []deadMark
 }
 
@@ -187,6 +188,7 @@ type routeState struct {
 type deadMark struct {
 	id    string
 	until time.Time
+	ep    *endpoint // as the latest route lists it; nil if it does not
 }
 
 // function is one routing-table entry. Fields are grouped by who writes
