@@ -124,7 +124,7 @@ func New(cfg Config) (*DataPlane, error) {
 	if cfg.BusyPoll == 0 {
 		cfg.BusyPoll = DefaultBusyPoll
 	}
-	if cfg.BusyPoll < 0 || runtime.NumCPU() < 2 { // one CPU: spinning would keep the sandbox from answering
+	if cfg.BusyPoll < 0 || runtime.GOMAXPROCS(0) < 2 { // one CPU (GOMAXPROCS follows a cgroup's CPU limit): spinning would keep the sandbox from answering
 		cfg.BusyPoll = 0
 	}
 	if cfg.Logger == nil {

@@ -744,6 +744,33 @@ func TestEvictedSandboxComesBack(t *testing.T) {
 	}
 }
 
+// A client over h2c that sends a head with a body and then stalls is
+// answered when the function's timeout passes, held body or streamed, and
+// its slot is free again (the body's read was not bounded).
+func TestH2CStalledBody(t *testing.T) {
+	t.Parallel()
+	_, live := sandbox(t, echo)
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h2 := &http.Transport{Protocols: &p}
+	t.Cleanup(h2.CloseIdleConnections)
+	c := &http.Client{Transport: h2, Timeout: 5 * time.Second}
+	cp := newFakeCP(t, route("f", 1, 10, 300, ep("s1", live)))
+	d := startDP(t, cp, nil)
+	for _, size := range []int64{10, maxHeldBody + 1} {
+		pr, pw := io.Pipe() // never written: the body stalls
+		t.Cleanup(func() { pw.Close() })
+		req, _ := http.NewRequest("POST", "http://"+d.Addr()+"/", pr)
+		req.Host, req.ContentLength = "f", size
+		req.Header.Set("Idempotency-Key", fmt.Sprint(size)) // held when small enough
+		r := do(c, req)
+		if r.status != http.StatusGatewayTimeout {
+			t.Errorf("%d-byte body that never comes: %d %q %v, want 504 after the function's timeout", size, r.status, r.body, r.err)
+		}
+		eventually(t, 2*time.Second, "the slot free again", func() bool { s, _ := d.Stats("f"); return s.InFlight == 0 })
+	}
+}
+
 func TestShutdownDrains(t *testing.T) {
 	t.Parallel()
 	for _, h2 := range []bool{false, true} {

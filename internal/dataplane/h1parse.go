@@ -506,7 +506,6 @@ func (r *request) parse() *protoError {
 	return nil
 }
 
-// reset forgets the previous request, keeping the buffers.
 // response is a parsed response head from a sandbox.
 type response struct {
 	head       []byte
@@ -519,7 +518,7 @@ type response struct {
 	hasDate    bool
 }
 
-// parse interprets a response head; noBody says the request was HEAD.
+// parse interprets a response head.
 func (r *response) parse() error {
 	line := startLine(r.head)
 	if len(line) < 12 || string(line[:7]) != "HTTP/1." || line[8] != ' ' ||

@@ -143,18 +143,25 @@ func (hc *h1Conn) mayHold(c *call) bool {
 		mayResend(c.retry, r.idempotent)
 }
 
+// sendContinue tells a client that waits for it (Expect: 100-continue) to
+// send its body.
+func (hc *h1Conn) sendContinue(deadline, tol int64) error {
+	if !hc.req.expect100 {
+		return nil
+	}
+	setWriteDeadline(hc.c, &hc.wdl, deadline, tol)
+	hc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	return hc.bw.Flush()
+}
+
 // holdBody reads the request body into hc.held: what is in the reader
 // after the head, then the rest straight from the connection (the head
 // stays in the reader, where the request's fields point). The client gets
 // its 100 Continue first if it waits for one.
 func (hc *h1Conn) holdBody(deadline, tol int64) error {
 	req := &hc.req
-	if req.expect100 {
-		setWriteDeadline(hc.c, &hc.wdl, deadline, tol)
-		hc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-		if err := hc.bw.Flush(); err != nil {
-			return err
-		}
+	if err := hc.sendContinue(deadline, tol); err != nil {
+		return err
 	}
 	if err := setReadDeadline(hc.c, &hc.rdl, deadline, tol); err != nil {
 		return err
@@ -300,12 +307,8 @@ func (hc *h1Conn) send(uc *upConn, c *call, rest string, viaPath bool, deadline,
 		if err := setReadDeadline(hc.c, &hc.rdl, deadline, tol); err != nil {
 			return err
 		}
-		if req.expect100 {
-			setWriteDeadline(hc.c, &hc.wdl, deadline, tol)
-			hc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-			if err := hc.bw.Flush(); err != nil {
-				return err
-			}
+		if err := hc.sendContinue(deadline, tol); err != nil {
+			return err
 		}
 		p := &pump{done: make(chan struct{})}
 		hc.pump, hc.streamed = p, true

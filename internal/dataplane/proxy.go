@@ -227,13 +227,25 @@ func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http
 	resend := mayResend(c.retry, isIdempotent(r))
 	var body *bodyReader
 	var held []byte
+	hasBody := r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody
+	if dl, ok := ctx.Deadline(); ok && hasBody {
+		// The client's body is read within the request's time, like the
+		// HTTP/1.1 engine's: a client that stalls does not hold the slot.
+		http.NewResponseController(w).SetReadDeadline(dl)
+	}
 	switch {
-	case r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody:
+	case !hasBody:
 	case resend && r.ContentLength > 0 && r.ContentLength <= maxHeldBody:
 		held = make([]byte, r.ContentLength)
 		if _, err := io.ReadFull(r.Body, held); err != nil {
-			if r.Context().Err() == nil {
-				writeError(w, &reqError{400, "function " + strconv.Quote(c.fn.name) + ": reading the request body: " + err.Error() + "\n"}, nil)
+			now := time.Now()
+			t := c.timing(now, now)
+			switch {
+			case r.Context().Err() != nil: // the client went away
+			case isTimeout(err):
+				writeError(w, errDidNotAnswer(c.fn.name, c.timeout), &t)
+			default:
+				writeError(w, &reqError{400, "function " + strconv.Quote(c.fn.name) + ": reading the request body: " + err.Error() + "\n"}, &t)
 			}
 			return
 		}
@@ -282,7 +294,7 @@ func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http
 			reroute = e.rt.resend
 		}
 		if rerr := reroute(ctx, c); rerr != nil {
-			t := timing{queue: time.Since(c.arrived)}
+			t := c.timing(start, time.Now())
 			writeError(w, rerr, &t)
 			return
 		}
@@ -294,7 +306,7 @@ func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http
 			writeError(w, errTooLarge(c.fn.name, e.maxBody), &t)
 		case r.Context().Err() != nil:
 			// The client went away; nobody to answer.
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		case errors.Is(ctx.Err(), context.DeadlineExceeded) || body.stalled():
 			writeError(w, errDidNotAnswer(c.fn.name, c.timeout), &t)
 		default:
 			writeError(w, errUpstream(c, err), &t)
@@ -408,6 +420,7 @@ type bodyReader struct {
 	remaining int64 // bytes still allowed
 	read      atomic.Bool
 	tooLarge  atomic.Bool
+	timedOut  atomic.Bool // the client's body did not come within the request's time
 }
 
 var errBodyTooLarge = errors.New("request body too large")
@@ -416,6 +429,9 @@ func (b *bodyReader) started() bool { return b != nil && b.read.Load() }
 
 // exceeded says whether the body went over the limit (false for none).
 func (b *bodyReader) exceeded() bool { return b != nil && b.tooLarge.Load() }
+
+// stalled says whether reading the body hit the request's deadline.
+func (b *bodyReader) stalled() bool { return b != nil && b.timedOut.Load() }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
 	if !b.read.Load() {
@@ -432,6 +448,9 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		return n, errBodyTooLarge
 	}
 	b.remaining -= int64(n)
+	if err != nil && isTimeout(err) {
+		b.timedOut.Store(true)
+	}
 	return n, err
 }
 

@@ -162,10 +162,11 @@ const maxResends = 2
 //     dropped takes the sandbox out of routing;
 //   - at most maxResends times, and never past the function's timeout.
 // A kept-alive connection that fails may only have been closed by its
-// sandbox: the HTTP/1.1 engine then tries a fresh connection to the same
-// sandbox (maxRetries), net/http does the same for the h2c engine where it
-// can, and what it gives up on moves to another slot without taking the
-// sandbox out of routing.
+// sandbox: the HTTP/1.1 engine then tries fresh connections to the same
+// sandbox (maxRetries, then 502); net/http does the same for the h2c
+// engine where it can, and what it gives up on moves to another slot
+// without taking the sandbox out of routing. A sandbox taken out of
+// routing comes back after deadTTL if the control plane still lists it.
 
 // maxHeldBody is the largest request body the engines read whole before
 // forwarding when the retry policy would allow sending it again, so that
