@@ -62,30 +62,47 @@ func TestStartsH2(t *testing.T) {
 	}
 }
 
-// The client reads the whole answer although it was still sending.
+// The client reads the whole answer although the server left some of what
+// it sent unread (a plain Close would reset the connection then).
 func TestLingerClose(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		c.Write([]byte("answer"))
-		LingerClose(c, time.Second, 1<<20)
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte(strings.Repeat("x", 256<<10))) // unread by the server
-	got, err := io.ReadAll(c)
-	if string(got) != "answer" || err != nil {
-		t.Fatalf("read %q, %v; want the answer and a clean end", got, err)
+	for _, tc := range []struct {
+		name  string
+		close func(net.Conn)
+		clean bool
+	}{
+		{"linger", func(c net.Conn) { LingerClose(c, time.Second, 1<<20) }, true},
+		{"plain close", func(c net.Conn) { c.Close() }, false}, // shows the test can fail
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			sent := make(chan struct{})
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				<-sent // the client's bytes are in c's receive buffer, unread
+				c.Write([]byte("answer"))
+				tc.close(c)
+			}()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte(strings.Repeat("x", 32<<10))); err != nil { // fits in the buffers
+				t.Fatal(err)
+			}
+			close(sent)
+			got, err := io.ReadAll(c)
+			if clean := string(got) == "answer" && err == nil; clean != tc.clean {
+				t.Errorf("read %q, %v; want a clean answer: %v", got, err, tc.clean)
+			}
+		})
 	}
 }
