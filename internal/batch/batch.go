@@ -20,6 +20,10 @@ const (
 // Split yields q in order, cut into runs within the bounds.
 func Split[T proto.Message](q []T) iter.Seq[[]T] {
 	return func(yield func([]T) bool) {
+		if len(q) == 1 { // the common case: no need to size it
+			yield(q)
+			return
+		}
 		start, size := 0, 0
 		for i, m := range q {
 			n := proto.Size(m)

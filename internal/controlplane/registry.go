@@ -209,12 +209,11 @@ func (cp *ControlPlane) deploy(ctx context.Context, spec *pb.FunctionSpec) (*pb.
 		fn.update(def)
 		fn.prepullFailed = nil // about an earlier image, or asked again below
 		cp.drainOldGenerations(fn)
-		cp.reconcile(fn)
 	} else {
 		fn = newFunction(def, now)
 		cp.functions[s.Name] = fn
-		cp.reconcile(fn)
 	}
+	cp.reconcile(fn)
 	cp.notePrepull(fn)
 	if s.Prepull {
 		for _, w := range cp.workers {
@@ -222,7 +221,7 @@ func (cp *ControlPlane) deploy(ctx context.Context, spec *pb.FunctionSpec) (*pb.
 		}
 	}
 	cp.markDirty(s.Name)
-	view := cp.functionView(cp.functions[s.Name])
+	view := cp.functionView(fn)
 	wait := cp.routeBarrier()
 	cp.mu.Unlock()
 	cp.log.Info("function deployed", "function", s.Name, "generation", def.Generation)

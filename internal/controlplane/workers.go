@@ -190,7 +190,7 @@ func (cp *ControlPlane) notePrepull(fn *function) {
 // sendPrepull asks w, if connected, to fetch fn's image now. It never
 // blocks; a worker whose runtime pulls no images ignores it. cp.mu held.
 func (cp *ControlPlane) sendPrepull(w *worker, fn *function) {
-	if w.session == nil || fn.def.Spec.Image == "" {
+	if w.session == nil { // (a prepull function always has an image: normalize)
 		return
 	}
 	w.session.send(&pb.WorkerCommand{Cmd: &pb.WorkerCommand_Prepull{Prepull: &pb.PrepullImage{
@@ -236,22 +236,23 @@ func (cp *ControlPlane) closeWorkerSession(s *workerSession) {
 func (cp *ControlPlane) handleWorkerMessage(s *workerSession, msg *pb.WorkerMessage) {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
+	now := cp.cfg.Now()
 	if b := msg.GetBatch(); b != nil {
 		for _, m := range b.Messages {
-			cp.handleWorkerMessageLocked(s, m) // a nested batch matches no case there
+			cp.handleWorkerMessageLocked(s, m, now) // a nested batch matches no case there
 		}
 		return
 	}
-	cp.handleWorkerMessageLocked(s, msg)
+	cp.handleWorkerMessageLocked(s, msg, now)
 }
 
-// handleWorkerMessageLocked handles one message (not a batch). cp.mu held.
-func (cp *ControlPlane) handleWorkerMessageLocked(s *workerSession, msg *pb.WorkerMessage) {
+// handleWorkerMessageLocked handles one message (not a batch), which came
+// at now. cp.mu held.
+func (cp *ControlPlane) handleWorkerMessageLocked(s *workerSession, msg *pb.WorkerMessage, now time.Time) {
 	w := s.worker
 	if w.session != s {
 		return // a newer session replaced this one
 	}
-	now := cp.cfg.Now()
 	switch m := msg.Msg.(type) {
 	case *pb.WorkerMessage_Heartbeat:
 		if m.Heartbeat.Epoch != s.epoch {
