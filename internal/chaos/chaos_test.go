@@ -25,9 +25,7 @@ func helloSpec(t *testing.T, name string, minScale int32) *pb.FunctionSpec {
 func workersUp(t *testing.T, c *cpclient.Client, n, dps int) {
 	t.Helper()
 	waitFor(t, 15*time.Second, fmt.Sprintf("%d workers and %d data planes", n, dps), func() bool {
-		st, err := cpclient.Do(context.Background(), c, func(ctx context.Context, cl pb.ControlPlaneClient) (*pb.ClusterStatus, error) {
-			return cl.GetStatus(ctx, &pb.GetStatusRequest{})
-		})
+		st, err := pb.NewControlPlaneClient(c).GetStatus(context.Background(), &pb.GetStatusRequest{})
 		if err != nil {
 			return false
 		}
@@ -193,9 +191,7 @@ func TestKillLeaderThenRestartAllReplicas(t *testing.T) {
 		p.start(t)
 	}
 	waitFor(t, 15*time.Second, "a leader after restarting all replicas", func() bool { return r.leader() >= 0 })
-	fns, err := cpclient.Do(context.Background(), c, func(ctx context.Context, cl pb.ControlPlaneClient) (*pb.ListFunctionsResponse, error) {
-		return cl.ListFunctions(ctx, &pb.ListFunctionsRequest{})
-	})
+	fns, err := pb.NewControlPlaneClient(c).ListFunctions(context.Background(), &pb.ListFunctionsRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -264,9 +264,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 
 func deploy(t *testing.T, c *cpclient.Client, spec *pb.FunctionSpec) {
 	t.Helper()
-	_, err := cpclient.Do(context.Background(), c, func(ctx context.Context, cl pb.ControlPlaneClient) (*pb.DeployFunctionResponse, error) {
-		return cl.DeployFunction(ctx, &pb.DeployFunctionRequest{Spec: spec})
-	})
+	_, err := pb.NewControlPlaneClient(c).DeployFunction(context.Background(), &pb.DeployFunctionRequest{Spec: spec})
 	if err != nil {
 		t.Fatalf("deploy %s: %v", spec.Name, err)
 	}
@@ -274,9 +272,7 @@ func deploy(t *testing.T, c *cpclient.Client, spec *pb.FunctionSpec) {
 
 func status(t *testing.T, c *cpclient.Client) *pb.ClusterStatus {
 	t.Helper()
-	st, err := cpclient.Do(context.Background(), c, func(ctx context.Context, cl pb.ControlPlaneClient) (*pb.ClusterStatus, error) {
-		return cl.GetStatus(ctx, &pb.GetStatusRequest{})
-	})
+	st, err := pb.NewControlPlaneClient(c).GetStatus(context.Background(), &pb.GetStatusRequest{})
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}

@@ -160,9 +160,7 @@ func TestPartitionedWorkerReconciles(t *testing.T) {
 	if code, _, err := invoke(dp, "f"); code != 200 {
 		t.Fatalf("after the heal: %d %v", code, err)
 	}
-	fns, err := cpclient.Do(context.Background(), c, func(ctx context.Context, cl pb.ControlPlaneClient) (*pb.Function, error) {
-		return cl.GetFunction(ctx, &pb.GetFunctionRequest{Name: "f"})
-	})
+	fns, err := pb.NewControlPlaneClient(c).GetFunction(context.Background(), &pb.GetFunctionRequest{Name: "f"})
 	if err != nil || fns.Status.Ready != 2 {
 		t.Fatalf("f after convergence: %v %v, want 2 ready", fns.GetStatus(), err)
 	}

@@ -30,7 +30,7 @@ func cpCall[T any](addrs string, timeout time.Duration, call func(context.Contex
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	out, err := cpclient.Do(ctx, c, call)
+	out, err := call(ctx, pb.NewControlPlaneClient(c)) // unary calls go to the leader (cpclient.Client.Invoke)
 	if err != nil {
 		return zero, rpcErr(addrs, err)
 	}

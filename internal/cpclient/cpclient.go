@@ -18,8 +18,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
-
-	pb "github.com/batonfaas/baton/api/controlplane/v1"
 )
 
 // NotLeader is the message prefix of a follower's FailedPrecondition answer.
@@ -77,23 +75,22 @@ func (c *Client) Close() {
 // Addrs are the replicas' addresses.
 func (c *Client) Addrs() []string { return c.addrs }
 
-// Current returns the connection to the replica that answered last, and its
-// index.
-func (c *Client) Current() (pb.ControlPlaneClient, int) {
+// Current is the index of the replica that answered last.
+func (c *Client) Current() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return pb.NewControlPlaneClient(c.conns[c.current]), c.current
+	return c.current
 }
 
 // Next moves on from replica i (if it is still the current one) and returns
-// the new current replica.
-func (c *Client) Next(i int) (pb.ControlPlaneClient, int, string) {
+// the new current replica's index and address.
+func (c *Client) Next(i int) (int, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.current == i {
 		c.current = (i + 1) % len(c.conns)
 	}
-	return pb.NewControlPlaneClient(c.conns[c.current]), c.current, c.addrs[c.current]
+	return c.current, c.addrs[c.current]
 }
 
 // Retryable reports whether err means "try another replica".
@@ -107,21 +104,11 @@ func Retryable(err error) bool {
 	return false
 }
 
-// Do runs call against the replicas until one that is the leader answers,
-// going round the list at most a few times (a fail-over in progress is
-// given time to finish) and never past ctx.
-func Do[T any](ctx context.Context, c *Client, call func(context.Context, pb.ControlPlaneClient) (T, error)) (T, error) {
-	var out T
-	err := c.do(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
-		var err error
-		out, err = call(ctx, pb.NewControlPlaneClient(conn))
-		return err
-	})
-	return out, err
-}
-
 // Invoke makes Client a grpc.ClientConnInterface whose unary calls go to
-// the leader as Do's do: pb.NewControlPlaneClient(c) follows fail-overs.
+// the leader: they run against the replicas until one that is the leader
+// answers, going round the list at most a few times (a fail-over in
+// progress is given time to finish) and never past ctx. Through
+// pb.NewControlPlaneClient(c), every call follows fail-overs.
 func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	return c.do(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
 		return conn.Invoke(ctx, method, args, reply, opts...)
@@ -149,7 +136,7 @@ func (c *Client) do(ctx context.Context, call func(context.Context, *grpc.Client
 		if err == nil || !Retryable(err) || ctx.Err() != nil {
 			return err
 		}
-		_, i, _ = c.Next(i)
+		i, _ = c.Next(i)
 		if (try+1)%len(c.conns) == 0 {
 			select { // round the list once: give an election time
 			case <-ctx.Done():

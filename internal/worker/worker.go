@@ -148,7 +148,8 @@ func (w *Worker) Runtime() sandbox.Runtime { return w.rt }
 // session breaks it tries the replicas in turn, quickly at first (a
 // fail-over is quick), then backing off.
 func (w *Worker) Run(ctx context.Context) error {
-	cl, i := w.cpc.Current()
+	cl := pb.NewControlPlaneClient(w.cpc) // a stream opens on the current replica
+	i := w.cpc.Current()
 	failures := 0
 	var failingSince time.Time
 	for ctx.Err() == nil {
@@ -168,7 +169,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			delay = min(100*time.Millisecond+over/4, 2*time.Second)
 		}
 		var addr string
-		cl, i, addr = w.cpc.Next(i)
+		i, addr = w.cpc.Next(i)
 		if failures == 1 {
 			w.log.Warn("control-plane session ended; reconnecting", "err", err, "next", addr)
 		} else {
