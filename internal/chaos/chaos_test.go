@@ -4,13 +4,9 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"sync"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
 	"github.com/batonfaas/baton/internal/cpclient"
@@ -48,43 +44,18 @@ func readyOf(t *testing.T, c *cpclient.Client, fn string) int32 {
 	return 0
 }
 
-// routedTo returns the workers of fn's ready sandboxes, one entry a sandbox,
-// as the control plane routes them: it opens a data-plane session of its own
-// at the control plane cp, reads the first update (a full snapshot, each
-// endpoint naming its worker) and closes the session.
-func routedTo(t *testing.T, cp, fn string) []string {
-	t.Helper()
-	conn, err := grpc.NewClient(cp, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel() // ends the session
-	stream, err := pb.NewControlPlaneClient(conn).DataPlaneSession(ctx)
-	if err != nil {
-		t.Fatalf("route snapshot: %v", err)
-	}
-	hello := &pb.DataPlaneHello{DataPlaneId: "chaos-route-reader"}
-	if err := stream.Send(&pb.DataPlaneMessage{Msg: &pb.DataPlaneMessage_Hello{Hello: hello}}); err != nil {
-		t.Fatalf("route snapshot: send hello: %v", err)
-	}
-	u, err := stream.Recv()
-	if err != nil {
-		t.Fatalf("route snapshot: %v", err)
-	}
-	if !u.Full {
-		t.Fatalf("route snapshot: the first update of a session is not full: %v", u)
-	}
-	var workers []string
-	for _, r := range u.Functions {
-		if r.Name == fn {
-			for _, e := range r.Endpoints {
-				workers = append(workers, e.WorkerId)
-			}
+// sandboxesOn counts the sandboxes of fn that worker runs, by the cgroups
+// its process runtime made for them (baton/WORKER/FN-ID; one tree per
+// controller on cgroup v1, the unified tree on v2).
+func sandboxesOn(worker, fn string) int {
+	seen := map[string]bool{}
+	for _, root := range []string{"/sys/fs/cgroup/*/baton/", "/sys/fs/cgroup/baton/"} {
+		dirs, _ := filepath.Glob(root + worker + "/" + fn + "-*")
+		for _, d := range dirs {
+			seen[filepath.Base(d)] = true
 		}
 	}
-	return workers
+	return len(seen)
 }
 
 // Scenarios 1 and 5 of issue 5: SIGKILL the leader of three control-plane
@@ -289,24 +260,23 @@ func TestKillWorker(t *testing.T) {
 	// The worker to kill is one that runs a sandbox of slow: placement
 	// decides where they go, and a kill elsewhere would leave no request
 	// in flight on the dead worker.
-	var slowOn []string
-	waitFor(t, 10*time.Second, "both sandboxes of slow routed", func() bool {
-		slowOn = routedTo(t, cp, "slow")
-		return len(slowOn) == 2
+	waitFor(t, 10*time.Second, "both sandboxes of slow ready", func() bool {
+		return readyOf(t, c, "slow") == 2 && sandboxesOn("chaos-k1", "slow")+sandboxesOn("chaos-k2", "slow") == 2
 	})
+	slowOn := fmt.Sprintf("chaos-k1: %d, chaos-k2: %d", sandboxesOn("chaos-k1", "slow"), sandboxesOn("chaos-k2", "slow"))
 	victim, victimID, survivorID := w1, "chaos-k1", "chaos-k2"
-	if !slices.Contains(slowOn, victimID) {
+	if sandboxesOn(victimID, "slow") == 0 {
 		victim, victimID, survivorID = w2, "chaos-k2", "chaos-k1"
 	}
 
 	l := startLoad([]string{dp}, "f", 2*time.Millisecond)
 	slow := startSlowLoad(dp, "slow", 12, 200*time.Millisecond)
 	time.Sleep(300 * time.Millisecond)
-	if on := routedTo(t, cp, "slow"); !slices.Contains(on, victimID) {
+	if sandboxesOn(victimID, "slow") == 0 {
 		l.end()
 		slow.end()
-		t.Fatalf("slow has no ready sandbox on %s, the worker about to be killed (its sandboxes are on %v): "+
-			"no request of slow would be in flight on the dead worker", victimID, on)
+		t.Fatalf("slow has no sandbox on %s, the worker about to be killed (%s before the load): "+
+			"no request of slow would be in flight on the dead worker", victimID, slowOn)
 	}
 	victim.kill()
 	recovered := waitFor(t, 10*time.Second, "four sandboxes on the surviving worker", func() bool {
