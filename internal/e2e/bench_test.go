@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"runtime/pprof"
 	"strconv"
@@ -129,18 +130,28 @@ func cpuTime() time.Duration {
 // (404), so that the burst measures cold starts, not n TCP handshakes at
 // the same instant (which took the first wave's requests 60-70 ms).
 func openConnections(b *testing.B, c *cluster, n int) {
-	var wg sync.WaitGroup
+	var wg, got sync.WaitGroup
+	var fresh atomic.Int64
 	start := make(chan struct{})
+	got.Add(n)
 	for range n {
 		wg.Go(func() {
 			<-start
 			req, _ := http.NewRequest(http.MethodGet, "http://"+c.dp.Addr()+"/", nil)
 			req.Host = "no-such-function"
+			req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+				GotConn: func(i httptrace.GotConnInfo) {
+					if !i.Reused {
+						fresh.Add(1)
+					}
+				}}))
 			resp, err := c.client.Do(req)
+			got.Done()
 			if err != nil {
 				b.Error(err)
 				return
 			}
+			got.Wait() // every answer in before any connection goes back: n connections
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusNotFound {
@@ -150,6 +161,9 @@ func openConnections(b *testing.B, c *cluster, n int) {
 	}
 	close(start)
 	wg.Wait()
+	if f := fresh.Load(); f < int64(n) {
+		b.Fatalf("the warm-up opened %d connections, want %d", f, n)
+	}
 }
 
 // reportStages reports where a cold start's time went, from the data

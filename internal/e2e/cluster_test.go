@@ -112,9 +112,10 @@ type clusterOpts struct {
 	// maxCreations is the workers' cap; default 16 (4096 with fake).
 	maxCreations     int
 	heartbeatTimeout time.Duration // default 1s
-	// defaultIntervals runs the autoscaler and the load reports at the
-	// daemons' defaults (2 s, 100 ms) instead of the tests' faster ones
-	// (200 ms, 50 ms): benchmarks measure what users run.
+	// defaultIntervals runs the control plane and the data plane on the
+	// daemons' default intervals (autoscaler 2 s, load reports 100 ms,
+	// heartbeats 1 s with a 3 s timeout, idle drain 1 s) instead of the
+	// tests' faster ones: benchmarks measure what users run.
 	defaultIntervals bool
 }
 
@@ -153,13 +154,14 @@ func startCluster(t testing.TB, o clusterOpts) *cluster {
 		st = store.NewMemory()
 	}
 	var err error
-	autoscale, report := 200*time.Millisecond, 50*time.Millisecond
-	if o.defaultIntervals {
-		autoscale, report = 0, 0
+	autoscale, report, beat, beatTimeout, drain := 200*time.Millisecond, 50*time.Millisecond, 200*time.Millisecond,
+		o.heartbeatTimeout, 200*time.Millisecond
+	if o.defaultIntervals { // zero: the daemons' defaults
+		autoscale, report, beat, beatTimeout, drain = 0, 0, 0, 0, 0
 	}
 	c.cp, err = controlplane.New(controlplane.Config{
-		Listen: "127.0.0.1:0", DataDir: o.dataDir, Store: st, HeartbeatInterval: 200 * time.Millisecond,
-		HeartbeatTimeout: o.heartbeatTimeout, AutoscaleInterval: autoscale, IdleDrain: 200 * time.Millisecond,
+		Listen: "127.0.0.1:0", DataDir: o.dataDir, Store: st, HeartbeatInterval: beat,
+		HeartbeatTimeout: beatTimeout, AutoscaleInterval: autoscale, IdleDrain: drain,
 		Logger: log.With("c", "cp"),
 	})
 	if err != nil {
