@@ -7,12 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/batonfaas/baton/internal/stats"
+	"github.com/batonfaas/baton/internal/benchloop"
 )
 
 // BenchmarkAcquireRelease is the router's share of the warm path: resolve,
@@ -92,105 +90,29 @@ func BenchmarkWarmPath(b *testing.B) {
 	// a polling connection only takes a CPU from them (it pays off when
 	// they are other processes: e2e's BenchmarkWarmPathProcess).
 	d := startDP(b, cp, func(c *Config) { c.BusyPoll = -1 })
-	direct := newTarget(b, addr, "f")
-	proxy := newTarget(b, d.Addr(), "f")
+	direct, proxy := loop(b, addr), loop(b, d.Addr())
 	for _, clients := range []int{16, 1} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			b.ReportAllocs()
-			// Short rounds (a few tens of milliseconds) so that both see
-			// the same background load.
-			rounds := max(min(b.N/500, 50), 1)
-			var dr, pr loopResult
-			for r := 0; r < rounds; r++ {
-				n := b.N / rounds
-				if r == rounds-1 {
-					n = b.N - n*(rounds-1)
-				}
-				direct.run(b, clients, n, &dr)
-				proxy.run(b, clients, n, &pr)
-			}
-			ds, ps := dr.summary(), pr.summary()
-			b.ReportMetric(float64(pr.elapsed.Nanoseconds())/float64(b.N), "ns/op")
-			b.ReportMetric(ds.rate, "direct-req/s")
-			b.ReportMetric(ps.rate, "proxy-req/s")
-			b.ReportMetric(ps.rate/ds.rate, "ratio")
-			b.ReportMetric(dr.cpu.Seconds()/pr.cpu.Seconds(), "cpu-ratio")
-			b.ReportMetric(ds.p50, "direct-p50-µs")
-			b.ReportMetric(ps.p50, "p50-µs")
-			b.ReportMetric(ps.p50-ds.p50, "p50-added-µs")
-			b.ReportMetric(ds.p99, "direct-p99-µs")
-			b.ReportMetric(ps.p99, "p99-µs")
+			dr, pr := *direct, *proxy // fresh figures, same clients
+			benchloop.Compare(b, &dr, &pr, clients)
+			b.ReportMetric(dr.CPUUsed[0].Seconds()/pr.CPUUsed[0].Seconds(), "cpu-ratio")
 		})
 	}
 }
 
-// target is a server the warm-path benchmark calls, with its own client.
-type target struct {
-	url, host string
-	c         *http.Client
-}
-
-func newTarget(b *testing.B, addr, host string) *target {
-	return &target{url: "http://" + addr + "/", host: host, c: newClient(b)}
-}
-
-// loopResult accumulates rounds of closed-loop clients.
-type loopResult struct {
-	elapsed time.Duration
-	cpu     time.Duration // the process's, clients and function included
-	n       int
-	lat     []time.Duration
-}
-
-// run has clients closed-loop clients send n requests in all.
-func (tg *target) run(b *testing.B, clients, n int, res *loopResult) {
-	var left atomic.Int64
-	left.Store(int64(n))
-	lats := make([][]time.Duration, clients)
-	for i := range lats {
-		lats[i] = make([]time.Duration, 0, n/clients+n%clients+1)
+// loop is closed-loop clients of function f at addr, with their own HTTP
+// client, measuring this process's CPU (clients and function included).
+func loop(b *testing.B, addr string) *benchloop.Loop {
+	c := newClient(b)
+	return &benchloop.Loop{Client: c,
+		NewRequest: func() *http.Request {
+			req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+			req.Host = "f"
+			return req
+		},
+		CPU: func() []time.Duration { return []time.Duration{benchloop.SelfCPU()} },
 	}
-	start, cpu0 := time.Now(), cpuTime()
-	var wg sync.WaitGroup
-	for i := 0; i < clients; i++ {
-		wg.Go(func() {
-			req, _ := http.NewRequest("GET", tg.url, nil)
-			req.Host = tg.host
-			lat := lats[i]
-			for left.Add(-1) >= 0 {
-				t0 := time.Now()
-				resp, err := tg.c.Do(req)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				lat = append(lat, time.Since(t0))
-				if resp.StatusCode != 200 {
-					b.Errorf("status %d", resp.StatusCode)
-					return
-				}
-			}
-			lats[i] = lat
-		})
-	}
-	wg.Wait()
-	res.elapsed += time.Since(start)
-	res.cpu += cpuTime() - cpu0
-	res.n += n
-	for _, l := range lats {
-		res.lat = append(res.lat, l...)
-	}
-}
-
-type loopSummary struct {
-	rate, p50, p99 float64 // requests/s, µs
-}
-
-func (r *loopResult) summary() loopSummary {
-	p := stats.Percentiles(r.lat, 50, 99)
-	return loopSummary{rate: float64(r.n) / r.elapsed.Seconds(), p50: float64(p[0]) / 1e3, p99: float64(p[1]) / 1e3}
 }
 
 // BenchmarkWarmPathRaw is the data plane alone: raw-socket clients and a

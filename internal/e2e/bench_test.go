@@ -11,11 +11,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	pb "github.com/batonfaas/baton/api/controlplane/v1"
+	"github.com/batonfaas/baton/internal/benchloop"
 	"github.com/batonfaas/baton/internal/stats"
 )
 
@@ -60,7 +60,7 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 		pprof.StartCPUProfile(f)
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	cpu0 := cpuTime()
+	cpu0 := benchloop.SelfCPU()
 	b.ResetTimer()
 	start := time.Now()
 	for range inFlight {
@@ -99,7 +99,7 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 	if f := failed.Load(); f > 0 {
 		b.Fatalf("%d of %d cold starts failed or were not cold", f, b.N)
 	}
-	cpu := cpuTime() - cpu0
+	cpu := benchloop.SelfCPU() - cpu0
 	if p := os.Getenv("BATON_BENCH_DUMP"); p != "" {
 		f, err := os.Create(p)
 		if err != nil {
@@ -114,14 +114,6 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 	b.ReportMetric(cpu.Seconds()/elapsed.Seconds(), "cores")
 	reportStages(b, lat, timings)
 	reportLatencies(b, lat, elapsed)
-}
-
-// cpuTime is the CPU time (user and system) this process has used: the
-// whole cluster and the client run in it.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // openConnections opens n keep-alive connections from the benchmark's
