@@ -86,45 +86,42 @@ start() {
   local sock=$dir/containerd.sock
   local bin=${BATON_CONTAINERD_BIN:-containerd} path=$PATH
   command -v "$bin" >/dev/null || die "no containerd at $bin"
-  local ver
+  local ver config_version disabled
   ver=$("$bin" --version) || die "$bin --version failed"
   case "$ver" in
   *" 1."* | *" v1."*)
-    cat >"$dir/containerd.toml" <<EOF
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-]
-[grpc]
-  address = "$sock"
-[ttrpc]
-  address = "$sock.ttrpc"
-[debug]
-  level = "warn"
-EOF
+    config_version=2
+    disabled=(
+      io.containerd.grpc.v1.cri
+      io.containerd.snapshotter.v1.aufs
+      io.containerd.snapshotter.v1.btrfs
+      io.containerd.snapshotter.v1.zfs
+      io.containerd.snapshotter.v1.devmapper
+    )
     ;;
   *" 2."* | *" v2."*)
     # CRI is three plugins in 2.x; NRI would open /var/run/nri/nri.sock.
     [[ $bin == */* ]] && path=$(cd "$(dirname "$bin")" && pwd):$PATH
-    cat >"$dir/containerd.toml" <<EOF
-version = 3
+    config_version=3
+    disabled=(
+      io.containerd.grpc.v1.cri
+      io.containerd.cri.v1.images
+      io.containerd.cri.v1.runtime
+      io.containerd.podsandbox.controller.v1.podsandbox
+      io.containerd.nri.v1.nri
+      io.containerd.snapshotter.v1.btrfs
+      io.containerd.snapshotter.v1.zfs
+      io.containerd.snapshotter.v1.devmapper
+    )
+    ;;
+  *) die "$bin: unknown version: $ver" ;;
+  esac
+  cat >"$dir/containerd.toml" <<EOF
+version = $config_version
 root = "$dir/root"
 state = "$dir/state"
 disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.cri.v1.images",
-  "io.containerd.cri.v1.runtime",
-  "io.containerd.podsandbox.controller.v1.podsandbox",
-  "io.containerd.nri.v1.nri",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
+$(printf '  "%s",\n' "${disabled[@]}")
 ]
 [grpc]
   address = "$sock"
@@ -133,9 +130,6 @@ disabled_plugins = [
 [debug]
   level = "warn"
 EOF
-    ;;
-  *) die "$bin: unknown version: $ver" ;;
-  esac
   PATH=$path "$bin" --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
   echo $! >"$dir/containerd.pid"
 

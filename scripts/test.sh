@@ -9,6 +9,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# run_e2e LOG [GO-TEST-FLAGS...]: the end-to-end tests, verbose, with their
+# whole output kept in LOG and only the lines that say how they went shown.
+# The pipeline's status is ignored; whether they passed is read from LOG, so
+# it fails (and set -e stops the script) unless go test printed "ok".
+run_e2e() {
+  local log=$1
+  shift
+  go test -count=1 -timeout 15m -v "$@" ./internal/e2e/ 2>&1 | tee "$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
+  tail -n 3 "$log"
+  grep -q '^ok' "$log"
+}
+
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc)
 command -v ip >/dev/null || need_apt+=(iproute2)         # the chaos tests' network namespaces
@@ -44,9 +56,7 @@ echo "== unit tests (race detector)"
 # some count them to prove nothing leaked.
 go test -race -count=1 -p 1 -timeout 15m $(go list ./... | grep -v /internal/e2e)
 echo "== end-to-end tests"
-go test -count=1 -timeout 15m -v ./internal/e2e/ 2>&1 | tee /tmp/baton-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
-tail -n 3 /tmp/baton-e2e.log
-grep -q '^ok' /tmp/baton-e2e.log
+run_e2e /tmp/baton-e2e.log
 echo "== benchmarks (one short pass, as a smoke check)"
 go test -run '^$' -bench . -benchtime 100x -benchmem ./internal/... | grep -E '^(Benchmark|ok|FAIL)' 
 
@@ -66,9 +76,7 @@ if [ "$(id -u)" = 0 ]; then
     eval "$ctr2_env"                                      # exports BATON_CONTAINERD_SOCKET, BATON_REGISTRY
     ctr -a "$BATON_CONTAINERD_SOCKET" version 2>/dev/null | sed -n '/Server/,$p'
     go test -race -count=1 -p 1 -timeout 15m ./internal/sandbox/containerd/...
-    go test -count=1 -timeout 15m -v -run '^TestContainerd' ./internal/e2e/ 2>&1 | tee /tmp/baton-e2e-ctr2.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
-    tail -n 3 /tmp/baton-e2e-ctr2.log
-    grep -q '^ok' /tmp/baton-e2e-ctr2.log
+    run_e2e /tmp/baton-e2e-ctr2.log -run '^TestContainerd'
   )
   scripts/containerd.sh stop "$ctr2_dir"
   echo "containerd 2 stage: $((SECONDS - ctr2_t0)) s"

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,6 +93,7 @@ func freeAddr(t *testing.T) string {
 // proc is one baton daemon running as its own process.
 type proc struct {
 	name string
+	wrap []string // a command and its arguments that run baton (nsenter), or none
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -129,10 +131,17 @@ const chaosPorts = "20000-24999"
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startWrapped(t, nil, name, args...)
+}
+
+// startWrapped is start with baton run by the command wrap (with its
+// arguments), as in nsenter --net=PATH baton worker ….
+func startWrapped(t *testing.T, wrap []string, name string, args ...string) *proc {
+	t.Helper()
 	if len(args) > 0 && args[0] == "worker" {
 		args = append(args, "--port-range", chaosPorts)
 	}
-	p := &proc{name: name, args: args, logs: &tailBuffer{}}
+	p := &proc{name: name, wrap: wrap, args: args, logs: &tailBuffer{}}
 	p.start(t)
 	t.Cleanup(func() {
 		p.kill()
@@ -145,9 +154,11 @@ func start(t *testing.T, name string, args ...string) *proc {
 
 func (p *proc) start(t *testing.T) {
 	t.Helper()
-	p.cmd = exec.Command(bin(t, "baton"), p.args...)
-	p.cmd.Args[0] = "baton-" + p.name // visible in ps
-	p.cmd.Path = bin(t, "baton")
+	argv := slices.Concat(p.wrap, []string{bin(t, "baton")}, p.args)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
+	if len(p.wrap) == 0 {
+		p.cmd.Args[0] = "baton-" + p.name // visible in ps
+	}
 	p.cmd.Stderr = p.logs
 	if os.Getenv("BATON_TEST_LOG") != "" {
 		p.cmd.Stderr = io.MultiWriter(p.logs, prefixWriter{p.name, os.Stderr})

@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,24 +82,8 @@ func TestPartitionedWorkerReconciles(t *testing.T) {
 	// sandboxes listen on that host's address.
 	// nsenter switches only the network namespace ("ip netns exec" would
 	// also remount /sys, hiding the cgroup hierarchies).
-	remote := &proc{name: "w-netns", logs: &tailBuffer{}, args: []string{"--net=/var/run/netns/" + h.ns, bin(t, "baton"), "worker", "--controlplane", cpAddr,
-		"--worker-id", "chaos-netns", "--sandbox-host", h.nsIP, "--port-range", chaosPorts}}
-	remote.cmd = exec.Command("nsenter", remote.args...)
-	remote.cmd.Stderr = remote.logs
-	if os.Getenv("BATON_TEST_LOG") != "" {
-		remote.cmd.Stderr = io.MultiWriter(remote.logs, prefixWriter{remote.name, os.Stderr})
-	}
-	if err := remote.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	remote.done = make(chan struct{})
-	go func() { remote.cmd.Wait(); close(remote.done) }()
-	t.Cleanup(func() {
-		remote.kill()
-		if t.Failed() {
-			t.Logf("last log lines of %s:\n%s", remote.name, remote.logs)
-		}
-	})
+	startWrapped(t, []string{"nsenter", "--net=/var/run/netns/" + h.ns}, "w-netns", "worker", "--controlplane", cpAddr,
+		"--worker-id", "chaos-netns", "--sandbox-host", h.nsIP)
 	workersUp(t, c, 2, 1)
 
 	deploy(t, c, helloSpec(t, "f", 2))

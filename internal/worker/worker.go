@@ -18,7 +18,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,18 +76,13 @@ type Worker struct {
 	lastEpoch uint64
 	queued    int
 	creating  int
-	pulls     map[string]*prepull // image -> its prepull in flight
+	pulls     map[string]map[string]struct{} // image -> the functions that asked for its prepull in flight
 
 	wg sync.WaitGroup
 }
 
 // maxPrepulls is how many images a worker prepulls at once.
 const maxPrepulls = 2
-
-// prepull is one image's prepull in flight, and the functions that asked.
-type prepull struct {
-	functions map[string]struct{}
-}
 
 type entry struct {
 	spec   sandbox.Spec
@@ -119,7 +116,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), sandboxes: make(map[string]*entry),
 		sem: make(chan struct{}, cfg.MaxCreations), pullSem: make(chan struct{}, maxPrepulls),
-		pulls: make(map[string]*prepull)}
+		pulls: make(map[string]map[string]struct{})}
 	rt, err := cfg.NewRuntime(w.onExit)
 	if err != nil {
 		return nil, fmt.Errorf("worker %s: runtime: %w", cfg.ID, err)
@@ -412,13 +409,13 @@ func (w *Worker) prepull(ctx context.Context, c *pb.PrepullImage) {
 		return
 	}
 	w.mu.Lock()
-	if job := w.pulls[c.Image]; job != nil {
-		job.functions[c.Function] = struct{}{}
+	if asked := w.pulls[c.Image]; asked != nil {
+		asked[c.Function] = struct{}{}
 		w.mu.Unlock()
 		return
 	}
-	job := &prepull{functions: map[string]struct{}{c.Function: {}}}
-	w.pulls[c.Image] = job
+	asked := map[string]struct{}{c.Function: {}}
+	w.pulls[c.Image] = asked
 	w.wg.Add(1)
 	w.mu.Unlock()
 
@@ -437,10 +434,7 @@ func (w *Worker) prepull(ctx context.Context, c *pb.PrepullImage) {
 		}
 		w.mu.Lock()
 		delete(w.pulls, c.Image)
-		fns := make([]string, 0, len(job.functions))
-		for fn := range job.functions {
-			fns = append(fns, fn)
-		}
+		fns := slices.Collect(maps.Keys(asked))
 		w.mu.Unlock()
 		if ctx.Err() != nil { // the worker is stopping
 			return
