@@ -54,7 +54,7 @@ type upPool struct {
 	idle    []*upConn      // oldest first
 	out     int            // connections handed out (or being dialled)
 	dialing int            // dials in flight (at most maxDials)
-	waiters []chan *upConn // requests waiting for a connection or a dial slot, first first
+	waiters []chan handed // requests waiting for a connection or a dial slot, first first
 	lastPut int64          // unix ns
 	dead    bool           // dropped from the map: connections coming back are closed
 }
@@ -129,14 +129,14 @@ const maxDials = 8
 // wait queues for a connection another request puts back, or for a dial
 // slot, until deadline. p.mu held; wait releases it.
 func (u *upstreams) wait(p *upPool, deadline int64) (*upConn, error) {
-	ch := make(chan *upConn, 1)
+	ch := make(chan handed, 1)
 	p.waiters = append(p.waiters, ch)
 	p.mu.Unlock()
 	t := time.NewTimer(time.Until(time.Unix(0, deadline)))
 	defer t.Stop()
-	var uc *upConn
+	var h handed
 	select {
-	case uc = <-ch:
+	case h = <-ch:
 	case <-t.C:
 		p.mu.Lock()
 		if i := slices.Index(p.waiters, ch); i >= 0 {
@@ -146,9 +146,10 @@ func (u *upstreams) wait(p *upPool, deadline int64) (*upConn, error) {
 		}
 		p.mu.Unlock()
 		// Handed something as the timer fired: give it back.
-		if uc = <-ch; uc != nil {
-			uc.put(time.Now().UnixNano())
-		} else {
+		switch h = <-ch; {
+		case h.uc != nil:
+			h.uc.put(time.Now().UnixNano())
+		case h.err == nil:
 			p.mu.Lock()
 			p.out-- // no dial after all
 			p.mu.Unlock()
@@ -156,11 +157,21 @@ func (u *upstreams) wait(p *upPool, deadline int64) (*upConn, error) {
 		}
 		return nil, os.ErrDeadlineExceeded
 	}
-	if uc == nil { // a dial slot, and p.out counts this request
+	switch {
+	case h.err != nil:
+		return nil, h.err
+	case h.uc == nil: // a dial slot, and p.out counts this request
 		return u.dial(p, deadline)
 	}
-	uc.reused = true
-	return uc, nil
+	h.uc.reused = true
+	return h.uc, nil
+}
+
+// handed is what a waiter gets: a connection, a dial slot (neither field),
+// or the error a dial to the address just failed with.
+type handed struct {
+	uc  *upConn
+	err error
 }
 
 // handOff gives what a request frees (a connection, or a dial slot when uc
@@ -172,7 +183,7 @@ func (p *upPool) handOff(uc *upConn) bool {
 	ch := p.waiters[0]
 	p.waiters[0] = nil
 	p.waiters = p.waiters[1:]
-	ch <- uc
+	ch <- handed{uc: uc}
 	return true
 }
 
@@ -199,10 +210,17 @@ func (u *upstreams) dial(p *upPool, deadline int64) (*upConn, error) {
 		c, err = d.Dial("tcp", p.addr)
 	}
 	if err != nil {
+		// The address refuses (or does not answer): those waiting to dial
+		// it fail now too, rather than each dialling it in turn.
 		p.mu.Lock()
 		p.out--
+		p.dialing--
+		waiters := p.waiters
+		p.waiters = nil
 		p.mu.Unlock()
-		p.dialDone()
+		for _, ch := range waiters {
+			ch <- handed{err: err}
+		}
 		return nil, err
 	}
 	p.dialDone()

@@ -189,3 +189,42 @@ func TestUpstreamWaitDeadline(t *testing.T) {
 		t.Fatalf("after all came back: out %d, dialing %d, waiters %d; want 0, 0, 0", out, dialing, waiters)
 	}
 }
+
+// A dial that fails fails the requests waiting to dial the same address at
+// once, with its error: they do not each dial it in turn.
+func TestUpstreamDialFailureFailsWaiters(t *testing.T) {
+	release := make(chan struct{})
+	var dials atomic.Int32
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	u := &upstreams{dialer: func(net.Dialer, string) (net.Conn, error) {
+		dials.Add(1)
+		<-release
+		return nil, refused
+	}}
+	const n = 3 * maxDials
+	errs := make(chan error, n)
+	deadline := time.Now().Add(10 * time.Second).UnixNano()
+	for range n {
+		go func() {
+			_, err := u.get("a", time.Now().UnixNano(), deadline)
+			errs <- err
+		}()
+	}
+	p := u.pool("a")
+	eventually(t, 5*time.Second, "the dial slots taken and the rest waiting", func() bool {
+		_, dialing, waiters := p.counts()
+		return dialing == maxDials && waiters == n-maxDials
+	})
+	close(release)
+	for range n {
+		if err := <-errs; !isDialError(err) {
+			t.Errorf("got %v, want the dial's error", err)
+		}
+	}
+	if got := dials.Load(); got != maxDials {
+		t.Errorf("%d dials, want %d: the waiters dialled the failing address again", got, maxDials)
+	}
+	if out, dialing, waiters := p.counts(); out != 0 || dialing != 0 || waiters != 0 {
+		t.Errorf("after the failures: out %d, dialing %d, waiting %d; want 0 0 0", out, dialing, waiters)
+	}
+}
