@@ -77,7 +77,8 @@ func bin(t testing.TB, name string) string {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	// Every runtime removed its own groups; remove their common parent.
-	parents, _ := filepath.Glob("/sys/fs/cgroup/*/baton-e2e")
+	parents, _ := filepath.Glob("/sys/fs/cgroup/*/baton-e2e") // cgroup v1: one tree per controller
+	parents = append(parents, "/sys/fs/cgroup/baton-e2e")     // v2: the unified tree
 	for _, p := range parents {
 		os.Remove(p)
 	}

@@ -122,38 +122,32 @@ func ctrConfig(t testing.TB, id string) ctrrt.Config {
 	return cfg
 }
 
-type ctrClusterOpts struct {
-	workers          int           // in-process workers with the containerd runtime
-	maxCreations     int           // their cap; default ctrrt.DefaultMaxCreations
-	heartbeatTimeout time.Duration // default 1s
-	// wrap, when set, wraps each worker's runtime (to count calls).
-	wrap func(sandbox.Runtime) sandbox.Runtime
-}
-
-// startCtrCluster is startCluster with containerd workers (none when
-// o.workers is 0: the test starts its own) and a longer client timeout for
-// pulls. Its workers' runtimes are returned.
-func startCtrCluster(t testing.TB, o ctrClusterOpts) (*cluster, []*ctrrt.Runtime) {
+// startCtrCluster is startCluster with containerd workers (o.noWorkers: the
+// test starts its own), a queue limit of 100000 and the runtime's creation
+// cap unless o says otherwise, an in-memory store, and a longer client
+// timeout for pulls. wrap, when set, wraps each worker's runtime (to count
+// calls). Its workers' runtimes are returned.
+func startCtrCluster(t testing.TB, o clusterOpts, wrap func(sandbox.Runtime) sandbox.Runtime) (*cluster, []*ctrrt.Runtime) {
 	t.Helper()
 	needContainerd(t)
 	var rts []*ctrrt.Runtime // appended by worker.New, on this goroutine
-	c := startCluster(t, clusterOpts{
-		workers: o.workers, noWorkers: o.workers == 0, queueLimit: 100000, memStore: true,
-		heartbeatTimeout: o.heartbeatTimeout, maxCreations: cmp.Or(o.maxCreations, ctrrt.DefaultMaxCreations),
-		newRuntime: func(id string, onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
-			cfg := ctrConfig(t, id)
-			cfg.OnExit = onExit
-			rt, err := ctrrt.New(cfg)
-			if err != nil {
-				return nil, err
-			}
-			rts = append(rts, rt)
-			if o.wrap != nil {
-				return o.wrap(rt), nil
-			}
-			return rt, nil
-		},
-	})
+	o.queueLimit = cmp.Or(o.queueLimit, 100000)
+	o.maxCreations = cmp.Or(o.maxCreations, ctrrt.DefaultMaxCreations)
+	o.memStore = true
+	o.newRuntime = func(id string, onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+		cfg := ctrConfig(t, id)
+		cfg.OnExit = onExit
+		rt, err := ctrrt.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		rts = append(rts, rt)
+		if wrap != nil {
+			return wrap(rt), nil
+		}
+		return rt, nil
+	}
+	c := startCluster(t, o)
 	c.client.Timeout = 60 * time.Second
 	return c, rts
 }
@@ -212,7 +206,7 @@ func sandboxID(body string) string {
 // with the container, task, snapshot, namespace and address gone.
 func TestContainerdColdWarmScaleToZero(t *testing.T) {
 	ref := ctrImage(t, "hello")
-	c, rts := startCtrCluster(t, ctrClusterOpts{workers: 1})
+	c, rts := startCtrCluster(t, clusterOpts{}, nil)
 	rt := rts[0]
 	c.deploy(t, &pb.FunctionSpec{Name: "chello", Image: ref, Env: map[string]string{"FUNCTION": "chello"},
 		CpuMillicores: 200, MemoryMib: 64, Scaling: &pb.ScalingSpec{ScaleToZeroGraceMs: 1500, StableWindowMs: 2000}})
@@ -260,7 +254,7 @@ func TestContainerdColdWarmScaleToZero(t *testing.T) {
 // from the spec is checked by the runtime's own tests).
 func TestContainerdWorkload(t *testing.T) {
 	ref := ctrImage(t, "workload")
-	c, _ := startCtrCluster(t, ctrClusterOpts{workers: 1})
+	c, _ := startCtrCluster(t, clusterOpts{}, nil)
 	c.deploy(t, &pb.FunctionSpec{Name: "cwork", Image: ref, CpuMillicores: 500, MemoryMib: 64,
 		Scaling: &pb.ScalingSpec{ScaleToZeroGraceMs: 60_000}})
 	req, _ := http.NewRequest(http.MethodGet, "http://"+c.dp.Addr()+"/", nil)
@@ -298,10 +292,10 @@ func (c *countingRuntime) count(fn string) int {
 func TestContainerdBadImage(t *testing.T) {
 	good := ctrImage(t, "hello")
 	var counter *countingRuntime
-	c, _ := startCtrCluster(t, ctrClusterOpts{workers: 1, wrap: func(rt sandbox.Runtime) sandbox.Runtime {
+	c, _ := startCtrCluster(t, clusterOpts{}, func(rt sandbox.Runtime) sandbox.Runtime {
 		counter = &countingRuntime{Runtime: rt, creates: map[string]int{}}
 		return counter
-	}})
+	})
 	bad := ctrRegistry + "/baton-e2e/no-such-image:1"
 	c.deploy(t, &pb.FunctionSpec{Name: "cbad", Image: bad, Scaling: &pb.ScalingSpec{ScaleToZeroGraceMs: 60_000}})
 	start := time.Now()
@@ -371,7 +365,7 @@ func startWorkerProc(t testing.TB, cp, id string, cfg ctrrt.Config) *workerProc 
 // is counted twice, and scaling down removes them for real.
 func TestContainerdWorkerRestartAdopts(t *testing.T) {
 	ref := ctrImage(t, "hello")
-	c, _ := startCtrCluster(t, ctrClusterOpts{heartbeatTimeout: 10 * time.Second})
+	c, _ := startCtrCluster(t, clusterOpts{noWorkers: true, heartbeatTimeout: 10 * time.Second}, nil)
 	id := fmt.Sprintf("e2e-restart-%d", os.Getpid())
 	cfg := ctrConfig(t, id)
 	w1 := startWorkerProc(t, c.cp.Addr(), id, cfg)
@@ -522,7 +516,7 @@ func (r *rawLoop) once(b *testing.B, id string) time.Duration {
 func BenchmarkColdStartContainerd(b *testing.B) {
 	ref := ctrImage(b, "hello")
 	raw := newRawLoop(b, ref)
-	c, rts := startCtrCluster(b, ctrClusterOpts{workers: 1})
+	c, rts := startCtrCluster(b, clusterOpts{}, nil)
 	rt := rts[0]
 	for range 3 { // warm both paths up (image resolution, pools, connections)
 		raw.once(b, fmt.Sprintf("raw-warm-%d", os.Getpid()))
@@ -575,7 +569,7 @@ func BenchmarkColdStartBurstContainerd(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("BATON_BENCH_MAX_CREATIONS")); err == nil && v > 0 {
 		maxc = v
 	}
-	c, rts := startCtrCluster(b, ctrClusterOpts{workers: 1, maxCreations: maxc})
+	c, rts := startCtrCluster(b, clusterOpts{maxCreations: maxc}, nil)
 	rt := rts[0]
 	for i := range b.N {
 		c.deploy(b, &pb.FunctionSpec{Name: fmt.Sprintf("cburst-%d", i), Image: ref, MemoryMib: 64, CpuMillicores: 100,
