@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/batonfaas/baton/internal/httpwire"
 	"net"
 	"net/http"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/batonfaas/baton/internal/httpwire"
 	"github.com/batonfaas/baton/internal/workload"
 )
 
@@ -29,10 +29,10 @@ type Server struct {
 	h2      http2.Server
 	handler http.Handler // for h2c
 
+	wg     sync.WaitGroup // the accept loop and a goroutine per connection
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
-	done   chan struct{}
 	once   sync.Once
 }
 
@@ -51,16 +51,17 @@ func NewServer(listen string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fake function server: %w", err)
 	}
-	s := &Server{ln: ln, handler: workload.Handler(machineName), conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
-	go s.accept()
+	s := &Server{ln: ln, handler: workload.Handler(machineName), conns: map[net.Conn]struct{}{}}
+	s.wg.Go(s.accept)
 	return s, nil
 }
 
 // Addr is the host:port the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Close stops the server and closes its connections (a request still
-// spinning the CPU finishes on its own; its answer goes nowhere).
+// Close stops the server, closes its connections and waits for their
+// goroutines. A sleeping request ends with its connection; one spinning the
+// CPU is waited for (its answer goes nowhere).
 func (s *Server) Close() {
 	s.once.Do(func() {
 		s.ln.Close()
@@ -71,11 +72,12 @@ func (s *Server) Close() {
 		}
 		s.mu.Unlock()
 	})
-	<-s.done
+	s.wg.Wait()
 }
 
+// accept runs the accept loop. A connection's goroutine is started while
+// the loop holds its own count in s.wg, so Close's Wait cannot miss it.
 func (s *Server) accept() {
-	defer close(s.done)
 	var delay time.Duration
 	for {
 		c, err := s.ln.Accept()
@@ -96,13 +98,13 @@ func (s *Server) accept() {
 		}
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
-		go func() {
+		s.wg.Go(func() {
 			s.serve(c)
 			c.Close()
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
-		}()
+		})
 	}
 }
 
@@ -112,7 +114,7 @@ func (s *Server) serve(c net.Conn) {
 	c.SetReadDeadline(time.Now().Add(serverIdleTimeout))
 	if h2, _ := httpwire.StartsH2(br); h2 {
 		c.SetReadDeadline(time.Time{})
-		s.h2.ServeConn(&peekedConn{Conn: c, r: br}, &http2.ServeConnOpts{Handler: s.handler})
+		s.serveH2(&peekedConn{Conn: c, r: br})
 		return
 	}
 	bw := bufio.NewWriterSize(c, serverBufSize)
@@ -149,6 +151,24 @@ func (s *Server) serve(c net.Conn) {
 			return
 		}
 	}
+}
+
+// serveH2 runs an h2c connection. ServeConn returns when the connection
+// ends without waiting for the handlers it started (their requests are
+// cancelled then): each holds a read lock on running, which serveH2 waits
+// for with the write lock; a handler that only starts after that answers
+// nothing, for its stream is gone.
+func (s *Server) serveH2(c net.Conn) {
+	var running sync.RWMutex
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !running.TryRLock() {
+			return
+		}
+		defer running.RUnlock()
+		s.handler.ServeHTTP(w, r)
+	})
+	s.h2.ServeConn(c, &http2.ServeConnOpts{Handler: h})
+	running.Lock()
 }
 
 // run answers a workload request. A sleep ends early if the client goes

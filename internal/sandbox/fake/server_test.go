@@ -3,9 +3,11 @@ package fake
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -141,24 +143,90 @@ func TestServerCloses(t *testing.T) {
 	}
 }
 
+// eventually fails the test with msg unless cond holds within d.
+func eventually(t *testing.T, d time.Duration, cond func() bool, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// conns returns how many connections s holds.
+func conns(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 // A client that goes away during a sleep ends it, as with net/http: the
 // connection is dropped long before the sleep would have ended.
 func TestServerSleepEndsWhenClientLeaves(t *testing.T) {
 	s, c, _ := rawConn(t)
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: f\r\nworkload: sleep\r\nrequested_cpu: 5000\r\n\r\n")
-	time.Sleep(50 * time.Millisecond)
+	eventually(t, 2*time.Second, func() bool { return conns(s) == 1 }, "the server did not take the connection")
+	time.Sleep(50 * time.Millisecond) // into the sleep
 	c.Close()
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		s.mu.Lock()
-		n := len(s.conns)
-		s.mu.Unlock()
-		if n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the server still holds the connection 2 s after its client left a 5 s sleep")
-		}
-		time.Sleep(5 * time.Millisecond)
+	eventually(t, 2*time.Second, func() bool { return conns(s) == 0 },
+		"the server still holds the connection 2 s after its client left a 5 s sleep")
+}
+
+// Close returns promptly with sleeps in flight, over HTTP/1.1 and h2c (their
+// connections close, which ends them), and leaves no goroutine behind.
+func TestServerCloseEndsSleeps(t *testing.T) {
+	before := runtime.NumGoroutine()
+	s, err := NewServer("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer s.Close()
+	c, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: f\r\nworkload: sleep\r\nrequested_cpu: 10000\r\n\r\n")
+
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protocols}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+s.Addr()+"/", nil)
+	req.Header.Set("workload", "sleep")
+	req.Header.Set("requested_cpu", "10000")
+	h2done := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		h2done <- err
+	}()
+	eventually(t, 2*time.Second, func() bool { return conns(s) == 2 }, "the server did not take both connections")
+	time.Sleep(100 * time.Millisecond) // into the sleeps
+
+	start := time.Now()
+	s.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close took %s with 10 s sleeps in flight, want under 1 s", d)
+	}
+	// Close waited for the server's goroutines: none is left, even for a
+	// moment.
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	for _, g := range strings.Split(stacks, "\n\n") {
+		if strings.Contains(g, "fake.(*Server)") || strings.Contains(g, "fake.watchGone") || strings.Contains(g, "internal/workload.") {
+			t.Errorf("a goroutine of the server outlived Close:\n%s", g)
+		}
+	}
+	if err := <-h2done; err == nil {
+		t.Error("the h2c sleep was answered after Close")
+	}
+	c.Close()
+	tr.CloseIdleConnections()
+	eventually(t, 2*time.Second, func() bool { return runtime.NumGoroutine() <= before },
+		fmt.Sprintf("%d goroutines 2 s after Close, %d before the server", runtime.NumGoroutine(), before))
 }
