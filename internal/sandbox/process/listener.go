@@ -185,12 +185,10 @@ func procListeners(host netip.Addr, port int) ([]uint64, error) {
 // procListener is a LISTEN line of /proc/net/tcp or tcp6.
 type procListener struct {
 	addr  netip.Addr // 16 bytes (perhaps IPv4-mapped) for an IPv6 socket
-	port  int
 	inode uint64
 }
 
-// parseProcNetTCP returns the listening sockets on port (every port if 0)
-// from the text of /proc/net/tcp or tcp6. An address is printed as the hex
+// parseProcNetTCP returns the listening sockets on port from the text of /proc/net/tcp or tcp6. An address is printed as the hex
 // of its 32-bit words as the host stores them, the port as plain hex:
 //
 //	sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -216,7 +214,7 @@ func parseProcNetTCP(r io.Reader, port int) ([]procListener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bad local address %q", f[1])
 		}
-		if port != 0 && int(p) != port {
+		if int(p) != port {
 			continue
 		}
 		addr, err := parseProcAddr(string(hexAddr))
@@ -227,7 +225,7 @@ func parseProcNetTCP(r io.Reader, port int) ([]procListener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bad inode %q", f[9])
 		}
-		out = append(out, procListener{addr: addr, port: int(p), inode: inode})
+		out = append(out, procListener{addr: addr, inode: inode})
 	}
 	return out, sc.Err()
 }
