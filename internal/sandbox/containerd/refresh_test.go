@@ -160,19 +160,34 @@ func onlyLookups(t *testing.T, reqs []string, why string) {
 	}
 }
 
+// refreshSetup pushes the build of function refresh-a to repo (a
+// refreshRepo), puts a recording proxy in front of the registry, starts a
+// runtime of cfg and checks that generation 1 of function f serves the
+// build from ref, the image named through the proxy: by its tag, or by its
+// digest if pinned. What that first Create asked of the registry is left
+// in reg.
+func refreshSetup(t *testing.T, repo string, pinned bool, cfg Config) (reg *recordingProxy, ref string, rt *Runtime) {
+	t.Helper()
+	needRegistry(t)
+	dgst := pushFunction(t, repo, "refresh-a")
+	reg = newRecordingProxy(t)
+	ref = reg.addr() + repo
+	if pinned {
+		repoName, _, _ := strings.Cut(repo, ":")
+		ref = fmt.Sprintf("%s%s@%s", reg.addr(), repoName, dgst)
+	}
+	rt = newRuntime(t, cfg)
+	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
+	return reg, ref, rt
+}
+
 // TestRefreshTag: a tag pushed again is picked up by the first Create of a
 // new generation, and not before; Creates in between reach no registry; a
 // lookup that finds the tag unchanged downloads nothing; concurrent uses
 // share one lookup.
 func TestRefreshTag(t *testing.T) {
-	needRegistry(t)
 	repo := refreshRepo("tag")
-	pushFunction(t, repo, "refresh-a")
-	reg := newRecordingProxy(t)
-	ref := reg.addr() + repo
-	rt := newRuntime(t, testConfig(t))
-
-	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
+	reg, ref, rt := refreshSetup(t, repo, false, testConfig(t))
 	if reqs := reg.take(); lookups(reqs) != 1 {
 		t.Fatalf("the first Create (a pull) asked the registry for the tag %d times, want once: %q", lookups(reqs), reqs)
 	}
@@ -224,14 +239,8 @@ func TestRefreshTag(t *testing.T) {
 // whatever the generation, so that the image it pulls is there for the
 // Creates that follow, without the registry.
 func TestRefreshPrepull(t *testing.T) {
-	needRegistry(t)
 	repo := refreshRepo("prepull")
-	pushFunction(t, repo, "refresh-a")
-	reg := newRecordingProxy(t)
-	ref := reg.addr() + repo
-	rt := newRuntime(t, testConfig(t))
-
-	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
+	reg, ref, rt := refreshSetup(t, repo, false, testConfig(t))
 	pushFunction(t, repo, "refresh-b")
 	reg.take()
 	if err := rt.Prepull(t.Context(), ref); err != nil {
@@ -292,18 +301,12 @@ func (w *warnings) about(s string) []string {
 // generation, sandboxes start from the image containerd has, with one
 // warning per lookup; without one, Create fails as before.
 func TestRefreshRegistryDown(t *testing.T) {
-	needRegistry(t)
 	t.Setenv("BATON_TEST_LOG", "") // newRuntime would replace the logger
 	repo := refreshRepo("down")
-	pushFunction(t, repo, "refresh-a")
-	reg := newRecordingProxy(t)
-	ref := reg.addr() + repo
 	warn := &warnings{}
 	cfg := testConfig(t)
 	cfg.Logger = slog.New(warn)
-	rt := newRuntime(t, cfg)
-
-	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
+	reg, ref, rt := refreshSetup(t, repo, false, cfg)
 	pushFunction(t, repo, "refresh-b") // unseen: the registry goes away
 	reg.close()
 	if w := warn.about(ref); len(w) != 0 {
@@ -338,18 +341,12 @@ func TestRefreshRegistryDown(t *testing.T) {
 // from the image containerd has, with a warning, as when the registry
 // cannot be reached at all.
 func TestRefreshPullFails(t *testing.T) {
-	needRegistry(t)
 	t.Setenv("BATON_TEST_LOG", "") // newRuntime would replace the logger
 	repo := refreshRepo("pullfails")
-	pushFunction(t, repo, "refresh-a")
-	reg := newRecordingProxy(t)
-	ref := reg.addr() + repo
 	warn := &warnings{}
 	cfg := testConfig(t)
 	cfg.Logger = slog.New(warn)
-	rt := newRuntime(t, cfg)
-
-	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
+	reg, ref, rt := refreshSetup(t, repo, false, cfg)
 	pushFunction(t, repo, "refresh-b")
 	reg.fail.Store(true)
 	wantServes(t, rt, ref, "f", 2, "refresh-a", "generation 2, the new image failing to download")
@@ -364,15 +361,8 @@ func TestRefreshPullFails(t *testing.T) {
 // registry once containerd has it, whatever the generation, a Prepull or a
 // restart, and whatever its tag became.
 func TestRefreshDigest(t *testing.T) {
-	needRegistry(t)
 	repo := refreshRepo("digest")
-	dgst := pushFunction(t, repo, "refresh-a")
-	reg := newRecordingProxy(t)
-	name, _, _ := strings.Cut(repo, ":")
-	ref := fmt.Sprintf("%s%s@%s", reg.addr(), name, dgst)
-	rt := newRuntime(t, testConfig(t))
-
-	wantServes(t, rt, ref, "f", 1, "refresh-a", "generation 1")
+	reg, ref, rt := refreshSetup(t, repo, true, testConfig(t))
 	if reqs := reg.take(); lookups(reqs) != 1 {
 		t.Fatalf("the first Create (a pull) asked the registry for the tag %d times, want once: %q", lookups(reqs), reqs)
 	}
