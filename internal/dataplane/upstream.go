@@ -51,12 +51,12 @@ type upPool struct {
 	addr string
 
 	mu      sync.Mutex
-	idle    []*upConn      // oldest first
-	out     int            // connections handed out (or being dialled)
-	dialing int            // dials in flight (at most maxDials)
+	idle    []*upConn     // oldest first
+	out     int           // connections handed out (or being dialled)
+	dialing int           // dials in flight (at most maxDials)
 	waiters []chan handed // requests waiting for a connection or a dial slot, first first
-	lastPut int64          // unix ns
-	dead    bool           // dropped from the map: connections coming back are closed
+	lastPut int64         // unix ns
+	dead    bool          // dropped from the map: connections coming back are closed
 }
 
 // upConn is one keep-alive connection to a sandbox, owned by one request at
