@@ -93,8 +93,10 @@ func (l *Loop) Summary() Summary {
 // Compare runs b.N requests through each of direct and proxy with clients
 // clients, alternating in short rounds (a few tens of milliseconds), and
 // reports the figures of the comparison: rates, their ratio, p50 and p99 of
-// each and what the proxy adds at p50.
-func Compare(b *testing.B, direct, proxy *Loop, clients int) {
+// each and what the proxy adds at p50. floor, if not nil, is a third target
+// run in the same rounds (the least any proxy could cost, for example a
+// byte relay) and reported as floor-ratio and floor-p99-µs.
+func Compare(b *testing.B, direct, proxy, floor *Loop, clients int) {
 	rounds := max(min(b.N/500, 50), 1)
 	for r := range rounds {
 		n := b.N / rounds
@@ -103,6 +105,9 @@ func Compare(b *testing.B, direct, proxy *Loop, clients int) {
 		}
 		direct.Run(b, clients, n)
 		proxy.Run(b, clients, n)
+		if floor != nil {
+			floor.Run(b, clients, n)
+		}
 	}
 	ds, ps := direct.Summary(), proxy.Summary()
 	b.ReportMetric(float64(proxy.Elapsed.Nanoseconds())/float64(b.N), "ns/op")
@@ -114,4 +119,10 @@ func Compare(b *testing.B, direct, proxy *Loop, clients int) {
 	b.ReportMetric(ps.P50-ds.P50, "p50-added-µs")
 	b.ReportMetric(ds.P99, "direct-p99-µs")
 	b.ReportMetric(ps.P99, "p99-µs")
+	if floor != nil {
+		fs := floor.Summary()
+		b.ReportMetric(fs.Rate/ds.Rate, "floor-ratio")
+		b.ReportMetric(fs.P50-ds.P50, "floor-p50-added-µs")
+		b.ReportMetric(fs.P99, "floor-p99-µs")
+	}
 }

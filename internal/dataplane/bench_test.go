@@ -95,7 +95,7 @@ func BenchmarkWarmPath(b *testing.B) {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			b.ReportAllocs()
 			dr, pr := *direct, *proxy // fresh figures, same clients
-			benchloop.Compare(b, &dr, &pr, clients)
+			benchloop.Compare(b, &dr, &pr, nil, clients)
 			b.ReportMetric(dr.CPUUsed[0].Seconds()/pr.CPUUsed[0].Seconds(), "cpu-ratio")
 		})
 	}

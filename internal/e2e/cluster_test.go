@@ -57,7 +57,7 @@ func bin(t testing.TB, name string) string {
 			return
 		}
 		for out, pkg := range map[string]string{
-			"fn": "./testdata/fn", "hello": "../../examples/hello", "workload": "../../examples/workload",
+			"fn": "./testdata/fn", "relay": "./testdata/relay", "hello": "../../examples/hello", "workload": "../../examples/workload",
 			"baton": "../../cmd/baton",
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, out), pkg)

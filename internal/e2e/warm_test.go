@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,7 +25,11 @@ import (
 // ratio is throughput through Baton over throughput direct (target at
 // least 0.65 with 16 clients), p99-µs the proxied 99th percentile (at most
 // 1,500 µs), p50-added-µs the proxied median minus the direct one (one
-// client: at most 40 µs). BATON_BENCH_UP_FLAGS adds flags to baton up (for
+// client: at most 40 µs). The same rounds also run through testdata/relay,
+// a process that only copies bytes between each client connection and its
+// own connection to the function: floor-ratio and floor-p99-µs are what a
+// proxy that did nothing else would get, the floor for these targets on
+// the machine at hand. BATON_BENCH_UP_FLAGS adds flags to baton up (for
 // example --busy-poll 0).
 func BenchmarkWarmPathProcess(b *testing.B) {
 	needRoot(b)
@@ -35,9 +41,12 @@ func BenchmarkWarmPathProcess(b *testing.B) {
 		b.Fatalf("deploy: %v\n%s", err, out)
 	}
 	direct, fnPID := waitSandboxAddr(b, wl)
-	// CPU of each process: the client (this one), baton up, the function.
+	relay, relayPID := startRelay(b, direct)
+	// CPU of each process: the client (this one), baton up, the function,
+	// the relay.
 	cpu := func() []time.Duration {
-		return []time.Duration{benchloop.SelfCPU(), benchloop.ProcCPU(u.cmd.Process.Pid), benchloop.ProcCPU(fnPID)}
+		return []time.Duration{benchloop.SelfCPU(), benchloop.ProcCPU(u.cmd.Process.Pid), benchloop.ProcCPU(fnPID),
+			benchloop.ProcCPU(relayPID)}
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}
 	b.Cleanup(tr.CloseIdleConnections)
@@ -52,8 +61,8 @@ func BenchmarkWarmPathProcess(b *testing.B) {
 	}
 	for _, clients := range []int{16, 1} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
-			dr, pr := loop("http://"+direct+"/"), loop("http://"+u.dp+"/")
-			benchloop.Compare(b, dr, pr, clients)
+			dr, pr, fr := loop("http://"+direct+"/"), loop("http://"+u.dp+"/"), loop("http://"+relay+"/")
+			benchloop.Compare(b, dr, pr, fr, clients)
 			// CPU per request of each process, through Baton and direct.
 			for i, name := range []string{"client", "baton", "fn"} {
 				b.ReportMetric(float64(pr.CPUUsed[i].Microseconds())/float64(pr.N), name+"-cpu-µs/op")
@@ -61,8 +70,34 @@ func BenchmarkWarmPathProcess(b *testing.B) {
 					b.ReportMetric(float64(dr.CPUUsed[i].Microseconds())/float64(dr.N), "direct-"+name+"-cpu-µs/op")
 				}
 			}
+			b.ReportMetric(float64(fr.CPUUsed[3].Microseconds())/float64(fr.N), "relay-cpu-µs/op")
 		})
 	}
+}
+
+// startRelay runs testdata/relay (or $BATON_BENCH_RELAY, another program
+// that takes the target and prints its address) in front of target and returns its
+// address and process; it is killed when b ends.
+func startRelay(b *testing.B, target string) (string, int) {
+	exe := os.Getenv("BATON_BENCH_RELAY")
+	if exe == "" {
+		exe = bin(b, "relay")
+	}
+	cmd := exec.Command(exe, target)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		b.Fatalf("relay: %v", err)
+	}
+	return strings.TrimSpace(addr), cmd.Process.Pid
 }
 
 // waitSandboxAddr finds the port the one sandbox running exe serves
