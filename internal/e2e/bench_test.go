@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -34,6 +35,8 @@ func reportLatencies(b *testing.B, lat []time.Duration, elapsed time.Duration) {
 // creation). The floor is 40 ms per cold start; the rest is Baton.
 // BATON_BENCH_DUMP=FILE writes one line per request: its start (µs after
 // the clock started), its latency (µs) and the data plane's Server-Timing.
+// BATON_BENCH_PROFILE=FILE writes a CPU profile of the burst,
+// BATON_BENCH_HEAPPROFILE=FILE a heap profile taken after it.
 func BenchmarkColdStartBurstFake(b *testing.B) {
 	c := startCluster(b, clusterOpts{fake: true, memStore: true, queueLimit: 100000, defaultIntervals: true})
 	for i := range b.N {
@@ -100,6 +103,15 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 		b.Fatalf("%d of %d cold starts failed or were not cold", f, b.N)
 	}
 	cpu := benchloop.SelfCPU() - cpu0
+	if path := os.Getenv("BATON_BENCH_HEAPPROFILE"); path != "" { // what the cluster holds after the burst
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		pprof.WriteHeapProfile(f)
+		f.Close()
+	}
 	if p := os.Getenv("BATON_BENCH_DUMP"); p != "" {
 		f, err := os.Create(p)
 		if err != nil {
