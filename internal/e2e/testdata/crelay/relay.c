@@ -6,6 +6,7 @@
 // Build and use it in the warm-path benchmark:
 //   gcc -O2 -o /tmp/baton-crelay internal/e2e/testdata/crelay/relay.c
 //   BATON_BENCH_RELAY=/tmp/baton-crelay go test -run '^$' -bench WarmPathProcess ./internal/e2e/
+// (RELAY_PROCS=2 runs two such processes on the one listening socket.)
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -14,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,6 +61,15 @@ int main(int argc, char **argv) {
 		die("relay: listen");
 	printf("127.0.0.1:%d\n", ntohs(self.sin_port));
 	fflush(stdout);
+	// RELAY_PROCS=N: N processes (fork after listen), each with its own
+	// epoll loop accepting from the one listening socket; the others die
+	// with the first.
+	char *procs = getenv("RELAY_PROCS");
+	for (int i = 1; procs != NULL && i < atoi(procs); i++)
+		if (fork() == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			break;
+		}
 	int ep = epoll_create1(0);
 	if (ep < 0)
 		die("relay: epoll");
