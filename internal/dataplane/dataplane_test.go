@@ -744,30 +744,60 @@ func TestEvictedSandboxComesBack(t *testing.T) {
 	}
 }
 
-// A client over h2c that sends a head with a body and then stalls is
-// answered when the function's timeout passes, held body or streamed, and
-// its slot is free again (the body's read was not bounded).
-func TestH2CStalledBody(t *testing.T) {
+// A client that sends a head with a body and then stalls. A body to be
+// held (at most maxHeldBody, resendable) is read before the request takes
+// a slot: the function's one slot stays free for others, and the stalled
+// request is answered 408 when the function's timeout passes. A larger
+// body is streamed: the request holds the slot and is answered 504 at the
+// timeout. Either way the slot is free again afterwards. Over h2c (its
+// body read bounded by a deadline) and HTTP/1.1.
+func TestStalledBody(t *testing.T) {
 	t.Parallel()
 	_, live := sandbox(t, echo)
-	var p http.Protocols
-	p.SetUnencryptedHTTP2(true)
-	h2 := &http.Transport{Protocols: &p}
-	t.Cleanup(h2.CloseIdleConnections)
-	c := &http.Client{Transport: h2, Timeout: 5 * time.Second}
-	cp := newFakeCP(t, route("f", 1, 10, 300, ep("s1", live)))
+	cp := newFakeCP(t, route("f", 1, 1, 400, ep("s1", live)))
 	d := startDP(t, cp, nil)
-	for _, size := range []int64{10, maxHeldBody + 1} {
-		pr, pw := io.Pipe() // never written: the body stalls
-		t.Cleanup(func() { pw.Close() })
-		req, _ := http.NewRequest("POST", "http://"+d.Addr()+"/", pr)
-		req.Host, req.ContentLength = "f", size
-		req.Header.Set("Idempotency-Key", fmt.Sprint(size)) // held when small enough
-		r := do(c, req)
-		if r.status != http.StatusGatewayTimeout {
-			t.Errorf("%d-byte body that never comes: %d %q %v, want 504 after the function's timeout", size, r.status, r.body, r.err)
+	for _, h2 := range []bool{false, true} {
+		for _, size := range []int64{10, maxHeldBody, maxHeldBody + 1} {
+			c := newClient(t)
+			c.Timeout = 5 * time.Second
+			if h2 {
+				var p http.Protocols
+				p.SetUnencryptedHTTP2(true)
+				c.Transport.(*http.Transport).Protocols = &p
+			}
+			held := size <= maxHeldBody
+			name := fmt.Sprintf("h2=%v size=%d", h2, size)
+			pr, pw := io.Pipe()
+			t.Cleanup(func() { pw.Close() })
+			go pw.Write([]byte("0123456789")[:min(size/2, 10)]) // a start, then nothing
+			req, _ := http.NewRequest("POST", "http://"+d.Addr()+"/", pr)
+			req.Host, req.ContentLength = "f", size
+			req.Header.Set("Idempotency-Key", name) // resendable, so held when small enough
+			got := make(chan result, 1)
+			go func() { got <- do(c, req) }()
+			if held {
+				// While the body stalls, the one slot serves others.
+				time.Sleep(50 * time.Millisecond)
+				if r := get(t, newClient(t), d, "f", "/other"); r.status != 200 {
+					t.Errorf("%s: another request while the body stalls: %d %q %v, want 200", name, r.status, r.body, r.err)
+				}
+				select {
+				case r := <-got:
+					t.Errorf("%s: the stalled request was answered (%d) before another could take the slot", name, r.status)
+					got <- r
+				default:
+				}
+			}
+			r := <-got
+			want, wantBody := http.StatusGatewayTimeout, "function \"f\" did not answer within 400ms\n"
+			if held {
+				want, wantBody = http.StatusRequestTimeout, "function \"f\": the request body did not arrive within 400ms\n"
+			}
+			if r.status != want || r.body != wantBody {
+				t.Errorf("%s: body that never comes: %d %q %v, want %d %q", name, r.status, r.body, r.err, want, wantBody)
+			}
+			eventually(t, 2*time.Second, "the slot free again", func() bool { s, _ := d.Stats("f"); return s.InFlight == 0 })
 		}
-		eventually(t, 2*time.Second, "the slot free again", func() bool { s, _ := d.Stats("f"); return s.InFlight == 0 })
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	controlplanev1 "github.com/batonfaas/baton/api/controlplane/v1"
 )
 
 // One request through the HTTP/1.1 engine (see h1.go).
@@ -67,6 +69,13 @@ func (hc *h1Conn) request() bool {
 	}
 	if req.contentLength > e.maxBody {
 		return hc.replyEarly(errTooLarge(fn.name, e.maxBody), nil)
+	}
+	if st := fn.state.Load(); hc.mayHold(st.retry) {
+		// Read before the request counts or takes a slot: a client slow
+		// to send its body keeps no sandbox busy (see router.go).
+		if err := hc.holdBody(time.Now().Add(st.timeout).UnixNano(), tolerance(st.timeout)); err != nil {
+			return hc.replyHoldFailed(fn.name, st.timeout, err)
+		}
 	}
 	c := &hc.call
 	*c = call{}
@@ -133,14 +142,14 @@ func (hc *h1Conn) resendable(c *call) bool {
 }
 
 // mayHold says whether the request's body is to be read whole before it is
-// forwarded, so that it can be sent again: the retry policy would allow a
-// resend and the body has a length of at most maxHeldBody (the h2c engine
-// holds the same bodies). One that came with its head is held in the
+// routed, so that it can be sent again: the function's retry policy would
+// allow a resend and the body has a length of at most maxHeldBody (the h2c
+// engine holds the same bodies). One that came with its head is held in the
 // reader already.
-func (hc *h1Conn) mayHold(c *call) bool {
+func (hc *h1Conn) mayHold(retry controlplanev1.RetryPolicy) bool {
 	r := &hc.req
 	return r.hasBody() && !r.chunked && r.contentLength <= maxHeldBody && !hc.bodyBuffered() &&
-		mayResend(c.retry, r.idempotent)
+		mayResend(retry, r.idempotent)
 }
 
 // sendContinue tells a client that waits for it (Expect: 100-continue) to
@@ -189,11 +198,6 @@ func (hc *h1Conn) forward(c *call, start time.Time, rest string, viaPath bool) (
 	tol := tolerance(c.timeout)
 	var uc *upConn
 	var err error
-	if hc.mayHold(c) {
-		if err := hc.holdBody(deadline, tol); err != nil {
-			return hc.replyBodyFailed(c, start, err), time.Now()
-		}
-	}
 	for attempt := 0; ; attempt++ {
 		uc, err = e.up.get(c.ep.addr, start.UnixNano(), deadline)
 		if err != nil {
@@ -586,6 +590,17 @@ func (hc *h1Conn) replyBodyFailed(c *call, start time.Time, err error) bool {
 		hc.replyEarly(errDidNotAnswer(c.fn.name, c.timeout), &t)
 	}
 	// Else the client went away: nobody to answer.
+	return false
+}
+
+// replyHoldFailed answers a request whose body to be held (mayHold) did not
+// arrive whole within the function's timeout: 408, the connection closed.
+// A client that went away gets nothing.
+func (hc *h1Conn) replyHoldFailed(name string, timeout time.Duration, err error) bool {
+	hc.unread = true
+	if isTimeout(err) {
+		hc.replyEarly(errBodyTimeout(name, timeout), nil)
+	}
 	return false
 }
 

@@ -91,10 +91,29 @@ func (e *httpEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errTooLarge(fn.name, e.maxBody), nil)
 		return
 	}
+	st := fn.state.Load()
+	var held []byte
+	if mayResend(st.retry, isIdempotent(r)) && r.ContentLength > 0 && r.ContentLength <= maxHeldBody {
+		// Read a body to be held (see router.go) before the request
+		// counts or takes a slot: a client slow to send it keeps no
+		// sandbox busy.
+		http.NewResponseController(w).SetReadDeadline(time.Now().Add(st.timeout))
+		held = make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, held); err != nil {
+			switch {
+			case r.Context().Err() != nil: // the client went away
+			case isTimeout(err):
+				writeError(w, errBodyTimeout(fn.name, st.timeout), nil)
+			default:
+				writeError(w, &reqError{400, "function " + strconv.Quote(fn.name) + ": reading the request body: " + err.Error() + "\n"}, nil)
+			}
+			return
+		}
+	}
 	var c call
 	e.rt.begin(fn, &c)
 	defer e.rt.end(&c)
-	ctx, cancel := context.WithTimeout(r.Context(), fn.state.Load().timeout)
+	ctx, cancel := context.WithTimeout(r.Context(), st.timeout)
 	defer cancel()
 	if err := e.rt.acquire(ctx, &c); err != nil {
 		var t timing
@@ -102,7 +121,7 @@ func (e *httpEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, &t)
 		return
 	}
-	e.forward(ctx, w, r, &c, rest, viaPath)
+	e.forward(ctx, w, r, &c, rest, viaPath, held)
 }
 
 // waitIdle waits up to d for every handler to return and says whether they
@@ -188,6 +207,12 @@ func errUpstream(c *call, err error) *reqError {
 	return &reqError{502, "function " + strconv.Quote(c.fn.name) + ": sandbox " + c.ep.id + ": " + err.Error() + "\n"}
 }
 
+// errBodyTimeout answers a request whose body, to be held before the
+// request is routed, did not arrive within the function's timeout.
+func errBodyTimeout(name string, d time.Duration) *reqError {
+	return &reqError{408, "function " + strconv.Quote(name) + ": the request body did not arrive within " + d.String() + "\n"}
+}
+
 func errDidNotAnswer(name string, d time.Duration) *reqError {
 	return &reqError{504, "function " + strconv.Quote(name) + " did not answer within " + d.String() + "\n"}
 }
@@ -216,40 +241,24 @@ func isDialError(err error) bool {
 // forward sends the request to c.ep and streams the answer back. If the
 // sandbox turns out dead before answering anything, the request goes to
 // another when nothing was sent (the dial failed) or when the function's
-// retry policy allows it and the body is held.
-func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, c *call, rest string, viaPath bool) {
+// retry policy allows it and the body is held (held: read whole before
+// the request was routed; otherwise a body is streamed).
+func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, c *call, rest string, viaPath bool, held []byte) {
 	u := *r.URL
 	u.Scheme = "http"
 	if viaPath {
 		u.Path, u.RawPath = rest, rawRest(r.URL.RawPath)
 	}
 	removeHopHeaders(r.Header) // the inbound request is ours to change
-	resend := mayResend(c.retry, isIdempotent(r))
+	resend := mayResend(c.retry, isIdempotent(r)) && (held != nil || r.ContentLength == 0)
 	var body *bodyReader
-	var held []byte
-	hasBody := r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody
-	if dl, ok := ctx.Deadline(); ok && hasBody {
-		// The client's body is read within the request's time, like the
-		// HTTP/1.1 engine's: a client that stalls does not hold the slot.
-		http.NewResponseController(w).SetReadDeadline(dl)
-	}
-	switch {
-	case !hasBody:
-	case resend && r.ContentLength > 0 && r.ContentLength <= maxHeldBody:
-		held = make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, held); err != nil {
-			now := time.Now()
-			t := c.timing(now, now)
-			switch {
-			case r.Context().Err() != nil: // the client went away
-			case isTimeout(err):
-				writeError(w, errDidNotAnswer(c.fn.name, c.timeout), &t)
-			default:
-				writeError(w, &reqError{400, "function " + strconv.Quote(c.fn.name) + ": reading the request body: " + err.Error() + "\n"}, &t)
-			}
-			return
+	if held == nil && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		if dl, ok := ctx.Deadline(); ok {
+			// The client's body is read within the request's time, like
+			// the HTTP/1.1 engine's: a client that stalls does not keep
+			// the slot past it.
+			http.NewResponseController(w).SetReadDeadline(dl)
 		}
-	default:
 		body = &bodyReader{r: r.Body, remaining: e.maxBody}
 	}
 

@@ -158,7 +158,7 @@ const maxResends = 2
 //     the one that refused leaves routing at once;
 //   - a request a sandbox took and dropped without answering goes to
 //     another only if mayResend allows it and its body was held (none, or
-//     at most maxHeldBody read whole before forwarding); a fresh connection
+//     at most maxHeldBody read whole before routing); a fresh connection
 //     dropped takes the sandbox out of routing;
 //   - at most maxResends times, and never past the function's timeout.
 // A kept-alive connection that fails may only have been closed by its
@@ -169,9 +169,11 @@ const maxResends = 2
 // routing comes back after deadTTL if the control plane still lists it.
 
 // maxHeldBody is the largest request body the engines read whole before
-// forwarding when the retry policy would allow sending it again, so that
-// they can if the sandbox dies under it; larger bodies (and those of
-// unknown length) are streamed and never resent.
+// routing when the retry policy would allow sending it again, so that they
+// can if the sandbox dies under it; larger bodies (and those of unknown
+// length) are streamed and never resent. The held body is read before the
+// request counts as load or takes a slot, within the function's timeout
+// (else 408): a client slow to send it keeps no sandbox busy.
 const maxHeldBody = 64 << 10
 
 // mayResend says whether a request that reached a sandbox which died
