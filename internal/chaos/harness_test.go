@@ -95,6 +95,7 @@ type proc struct {
 	name string
 	wrap []string // a command and its arguments that run baton (nsenter), or none
 	args []string
+	tmp  string // its $TMPDIR, removed with the test: a killed worker leaves files there
 	cmd  *exec.Cmd
 	done chan struct{}
 	logs *tailBuffer // its last log lines, printed when a test fails
@@ -141,7 +142,9 @@ func startWrapped(t *testing.T, wrap []string, name string, args ...string) *pro
 	if len(args) > 0 && args[0] == "worker" {
 		args = append(args, "--port-range", chaosPorts)
 	}
-	p := &proc{name: name, wrap: wrap, args: args, logs: &tailBuffer{}}
+	// The test's temporary directory is removed after the process is
+	// killed (cleanups run last first).
+	p := &proc{name: name, wrap: wrap, args: args, tmp: t.TempDir(), logs: &tailBuffer{}}
 	p.start(t)
 	t.Cleanup(func() {
 		p.kill()
@@ -159,6 +162,7 @@ func (p *proc) start(t *testing.T) {
 	if len(p.wrap) == 0 {
 		p.cmd.Args[0] = "baton-" + p.name // visible in ps
 	}
+	p.cmd.Env = append(os.Environ(), "TMPDIR="+p.tmp)
 	p.cmd.Stderr = p.logs
 	if os.Getenv("BATON_TEST_LOG") != "" {
 		p.cmd.Stderr = io.MultiWriter(p.logs, prefixWriter{p.name, os.Stderr})
