@@ -744,13 +744,15 @@ func TestEvictedSandboxComesBack(t *testing.T) {
 	}
 }
 
-// A client that sends a head with a body and then stalls. A body to be
-// held (at most maxHeldBody, resendable) is read before the request takes
-// a slot: the function's one slot stays free for others, and the stalled
-// request is answered 408 when the function's timeout passes. A larger
-// body is streamed: the request holds the slot and is answered 504 at the
-// timeout. Either way the slot is free again afterwards. Over h2c (its
-// body read bounded by a deadline) and HTTP/1.1.
+// A client that sends a head with a body and then stalls. A body of at
+// most maxHeldBody is read before the request counts or takes a slot,
+// whatever the retry policy (a plain POST here): the function's one slot
+// stays free for others, and the stalled request is answered 408 when the
+// function's timeout passes, the connection closed. A larger body is
+// streamed: the request holds the slot and is answered 504 at the timeout.
+// Either way the slot is free again afterwards. Over h2c (its body read
+// bounded by a deadline) and HTTP/1.1; 10 bytes fit the HTTP/1.1 engine's
+// reader with the head, 64 KiB does not.
 func TestStalledBody(t *testing.T) {
 	t.Parallel()
 	_, live := sandbox(t, echo)
@@ -772,12 +774,15 @@ func TestStalledBody(t *testing.T) {
 			go pw.Write([]byte("0123456789")[:min(size/2, 10)]) // a start, then nothing
 			req, _ := http.NewRequest("POST", "http://"+d.Addr()+"/", pr)
 			req.Host, req.ContentLength = "f", size
-			req.Header.Set("Idempotency-Key", name) // resendable, so held when small enough
 			got := make(chan result, 1)
 			go func() { got <- do(c, req) }()
 			if held {
-				// While the body stalls, the one slot serves others.
+				// While the body stalls, the request takes no slot and
+				// the one slot serves others.
 				time.Sleep(50 * time.Millisecond)
+				if s, _ := d.Stats("f"); s.InFlight != 0 {
+					t.Errorf("%s: %d in flight while the body stalls, want 0", name, s.InFlight)
+				}
 				if r := get(t, newClient(t), d, "f", "/other"); r.status != 200 {
 					t.Errorf("%s: another request while the body stalls: %d %q %v, want 200", name, r.status, r.body, r.err)
 				}
@@ -797,6 +802,50 @@ func TestStalledBody(t *testing.T) {
 				t.Errorf("%s: body that never comes: %d %q %v, want %d %q", name, r.status, r.body, r.err, want, wantBody)
 			}
 			eventually(t, 2*time.Second, "the slot free again", func() bool { s, _ := d.Stats("f"); return s.InFlight == 0 })
+		}
+	}
+	// Over HTTP/1.1 the 408 closes the connection: the rest of the body
+	// must not be read as the next request.
+	rc := dialRaw(t, d)
+	rc.send("POST / HTTP/1.1\r\nHost: f\r\nContent-Length: 10\r\n\r\n01234")
+	if resp, body := rc.response("POST"); resp.StatusCode != http.StatusRequestTimeout || !resp.Close {
+		t.Errorf("raw: %d %q close=%v, want 408 and Connection: close", resp.StatusCode, body, resp.Close)
+	}
+	if !rc.closed() {
+		t.Error("raw: the connection stays open after the 408")
+	}
+}
+
+// The time a body takes to arrive counts in the request's timeout: a body
+// that comes after 250 ms leaves a function that takes 300 ms 150 ms of a
+// 400 ms timeout, and the answer is 504, not 200 after 550 ms.
+func TestHeldBodyCountsInTimeout(t *testing.T) {
+	t.Parallel()
+	_, slow := sandbox(t, func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(w, "late")
+	})
+	cp := newFakeCP(t, route("f", 1, 1, 400, ep("s1", slow)))
+	d := startDP(t, cp, nil)
+	for _, h2 := range []bool{false, true} {
+		c := newClient(t)
+		if h2 {
+			var p http.Protocols
+			p.SetUnencryptedHTTP2(true)
+			c.Transport.(*http.Transport).Protocols = &p
+		}
+		pr, pw := io.Pipe()
+		go func() {
+			time.Sleep(250 * time.Millisecond)
+			pw.Write([]byte("0123456789"))
+			pw.Close()
+		}()
+		req, _ := http.NewRequest("POST", "http://"+d.Addr()+"/", pr)
+		req.Host, req.ContentLength = "f", 10
+		req.Header.Set("Idempotency-Key", "k") // resendable too: the body's read is still in the timeout
+		if r := do(c, req); r.status != http.StatusGatewayTimeout {
+			t.Errorf("h2=%v: %d %q %v, want 504: the body's 250 ms and the function's 300 ms exceed the 400 ms timeout", h2, r.status, r.body, r.err)
 		}
 	}
 }

@@ -748,7 +748,9 @@ func TestRetryWithBufferedBody(t *testing.T) {
 
 // A sandbox that drops the connection while the client's body is still
 // coming is a failed forward (502) at once, not a wait for the rest of the
-// body until the function's timeout (504).
+// body until the function's timeout (504). The body is chunked, so it is
+// streamed (a body of known length up to maxHeldBody would be read whole
+// before routing).
 func TestSandboxDropsDuringBody(t *testing.T) {
 	t.Parallel()
 	addr := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
@@ -763,7 +765,7 @@ func TestSandboxDropsDuringBody(t *testing.T) {
 	cp := newFakeCP(t, route("f", 1, 10, 8000, ep("s1", addr)))
 	d := startDP(t, cp, nil)
 	rc := dialRaw(t, d)
-	rc.send("POST / HTTP/1.1\r\nHost: f\r\nContent-Length: 100\r\n\r\n0123456789") // 90 bytes never come
+	rc.send("POST / HTTP/1.1\r\nHost: f\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n") // the rest never comes
 	resp, body := rc.response("POST")
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("status %d %q, want 502 for a sandbox that dropped the request", resp.StatusCode, body)

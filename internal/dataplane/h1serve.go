@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
-
-	controlplanev1 "github.com/batonfaas/baton/api/controlplane/v1"
 )
 
 // One request through the HTTP/1.1 engine (see h1.go).
@@ -70,16 +68,22 @@ func (hc *h1Conn) request() bool {
 	if req.contentLength > e.maxBody {
 		return hc.replyEarly(errTooLarge(fn.name, e.maxBody), nil)
 	}
-	if st := fn.state.Load(); hc.mayHold(st.retry) {
+	var arrived time.Time
+	if hc.mayHold() {
 		// Read before the request counts or takes a slot: a client slow
 		// to send its body keeps no sandbox busy (see router.go).
-		if err := hc.holdBody(time.Now().Add(st.timeout).UnixNano(), tolerance(st.timeout)); err != nil {
-			return hc.replyHoldFailed(fn.name, st.timeout, err)
+		arrived = time.Now()
+		timeout := fn.state.Load().timeout
+		if err := hc.holdBody(arrived.Add(timeout).UnixNano(), tolerance(timeout)); err != nil {
+			return hc.replyHoldFailed(fn.name, timeout, err)
 		}
 	}
 	c := &hc.call
 	*c = call{}
 	e.rt.begin(fn, c)
+	if !arrived.IsZero() {
+		c.arrived = arrived // the request's time runs from its head, its body's read included
+	}
 	hc.since.Store(c.arrived.UnixNano())
 	start := c.arrived
 	if !e.rt.acquireNow(c) {
@@ -141,15 +145,12 @@ func (hc *h1Conn) resendable(c *call) bool {
 		(!hc.req.hasBody() || hc.held != nil || hc.bodyBuffered())
 }
 
-// mayHold says whether the request's body is to be read whole before it is
-// routed, so that it can be sent again: the function's retry policy would
-// allow a resend and the body has a length of at most maxHeldBody (the h2c
-// engine holds the same bodies). One that came with its head is held in the
-// reader already.
-func (hc *h1Conn) mayHold(retry controlplanev1.RetryPolicy) bool {
+// mayHold says whether the request's body is to be read whole before the
+// request is routed: it has a length of at most maxHeldBody (the h2c engine
+// holds the same bodies) and is not all in the reader already.
+func (hc *h1Conn) mayHold() bool {
 	r := &hc.req
-	return r.hasBody() && !r.chunked && r.contentLength <= maxHeldBody && !hc.bodyBuffered() &&
-		mayResend(retry, r.idempotent)
+	return r.hasBody() && !r.chunked && r.contentLength <= maxHeldBody && !hc.bodyBuffered()
 }
 
 // sendContinue tells a client that waits for it (Expect: 100-continue) to
@@ -163,21 +164,26 @@ func (hc *h1Conn) sendContinue(deadline, tol int64) error {
 	return hc.bw.Flush()
 }
 
-// holdBody reads the request body into hc.held: what is in the reader
-// after the head, then the rest straight from the connection (the head
-// stays in the reader, where the request's fields point). The client gets
-// its 100 Continue first if it waits for one.
+// holdBody reads the request body whole, by deadline: into the reader
+// when it fits there with the head (it is then bodyBuffered), else into
+// hc.held, from heldPool: what is in the reader after the head, then the
+// rest straight from the connection (the head stays in the reader, where
+// the request's fields point). The client gets its 100 Continue first if
+// it waits for one.
 func (hc *h1Conn) holdBody(deadline, tol int64) error {
-	req := &hc.req
 	if err := hc.sendContinue(deadline, tol); err != nil {
 		return err
 	}
 	if err := setReadDeadline(hc.c, &hc.rdl, deadline, tol); err != nil {
 		return err
 	}
+	n := int(hc.req.contentLength)
+	if hc.bodyOff+n <= hc.br.Size() {
+		_, err := hc.br.Peek(hc.bodyOff + n)
+		return err
+	}
 	hp := heldPool.Get().(*[]byte)
 	hc.held = hp
-	n := int(req.contentLength)
 	b := (*hp)[:n]
 	in, _ := hc.br.Peek(hc.br.Buffered())
 	got := copy(b, in[hc.bodyOff:]) // less than n: the body is not all there
@@ -593,8 +599,9 @@ func (hc *h1Conn) replyBodyFailed(c *call, start time.Time, err error) bool {
 	return false
 }
 
-// replyHoldFailed answers a request whose body to be held (mayHold) did not
-// arrive whole within the function's timeout: 408, the connection closed.
+// replyHoldFailed answers a request whose body to be read before routing
+// (mayHold) did not arrive whole within the function's timeout: 408, the
+// connection closed.
 // A client that went away gets nothing.
 func (hc *h1Conn) replyHoldFailed(name string, timeout time.Duration, err error) bool {
 	hc.unread = true

@@ -91,19 +91,20 @@ func (e *httpEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errTooLarge(fn.name, e.maxBody), nil)
 		return
 	}
-	st := fn.state.Load()
+	timeout := fn.state.Load().timeout
+	arrived := time.Now()
 	var held []byte
-	if mayResend(st.retry, isIdempotent(r)) && r.ContentLength > 0 && r.ContentLength <= maxHeldBody {
+	if r.ContentLength > 0 && r.ContentLength <= maxHeldBody {
 		// Read a body to be held (see router.go) before the request
 		// counts or takes a slot: a client slow to send it keeps no
 		// sandbox busy.
-		http.NewResponseController(w).SetReadDeadline(time.Now().Add(st.timeout))
+		http.NewResponseController(w).SetReadDeadline(arrived.Add(timeout))
 		held = make([]byte, r.ContentLength)
 		if _, err := io.ReadFull(r.Body, held); err != nil {
 			switch {
 			case r.Context().Err() != nil: // the client went away
 			case isTimeout(err):
-				writeError(w, errBodyTimeout(fn.name, st.timeout), nil)
+				writeError(w, errBodyTimeout(fn.name, timeout), nil)
 			default:
 				writeError(w, &reqError{400, "function " + strconv.Quote(fn.name) + ": reading the request body: " + err.Error() + "\n"}, nil)
 			}
@@ -113,7 +114,8 @@ func (e *httpEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var c call
 	e.rt.begin(fn, &c)
 	defer e.rt.end(&c)
-	ctx, cancel := context.WithTimeout(r.Context(), st.timeout)
+	c.arrived = arrived // the request's time runs from its head, its body's read included
+	ctx, cancel := context.WithDeadline(r.Context(), arrived.Add(timeout))
 	defer cancel()
 	if err := e.rt.acquire(ctx, &c); err != nil {
 		var t timing
@@ -242,7 +244,7 @@ func isDialError(err error) bool {
 // sandbox turns out dead before answering anything, the request goes to
 // another when nothing was sent (the dial failed) or when the function's
 // retry policy allows it and the body is held (held: read whole before
-// the request was routed; otherwise a body is streamed).
+// the request was routed; a body not held is streamed).
 func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, c *call, rest string, viaPath bool, held []byte) {
 	u := *r.URL
 	u.Scheme = "http"
@@ -250,7 +252,6 @@ func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http
 		u.Path, u.RawPath = rest, rawRest(r.URL.RawPath)
 	}
 	removeHopHeaders(r.Header) // the inbound request is ours to change
-	resend := mayResend(c.retry, isIdempotent(r)) && (held != nil || r.ContentLength == 0)
 	var body *bodyReader
 	if held == nil && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
 		if dl, ok := ctx.Deadline(); ok {
@@ -261,13 +262,14 @@ func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http
 		}
 		body = &bodyReader{r: r.Body, remaining: e.maxBody}
 	}
+	resend := body == nil && mayResend(c.retry, isIdempotent(r)) // a streamed body is never sent twice
 
 	start := time.Now()
 	var resp *http.Response
 	var err error
 	var reused bool // the last attempt went over a kept-alive connection
 	rctx := ctx
-	if resend && body == nil {
+	if resend {
 		rctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 			GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
 		})
@@ -290,7 +292,7 @@ func (e *httpEngine) forward(ctx context.Context, w http.ResponseWriter, r *http
 			break
 		}
 		dial := isDialError(err) && !body.started()
-		if !dial && (!resend || body != nil) {
+		if !dial && !resend {
 			break
 		}
 		// The sandbox is gone (or dropped the request) and the route does

@@ -169,11 +169,12 @@ const maxResends = 2
 // routing comes back after deadTTL if the control plane still lists it.
 
 // maxHeldBody is the largest request body the engines read whole before
-// routing when the retry policy would allow sending it again, so that they
-// can if the sandbox dies under it; larger bodies (and those of unknown
-// length) are streamed and never resent. The held body is read before the
-// request counts as load or takes a slot, within the function's timeout
-// (else 408): a client slow to send it keeps no sandbox busy.
+// routing: before the request counts as load or takes a slot, within the
+// function's timeout (else 408), so that a client slow to send it keeps no
+// sandbox busy, and so that the request can be sent again if the sandbox
+// dies under it (when the retry policy allows). Larger bodies (and those of
+// unknown length) are streamed while the request holds its slot and are
+// never resent.
 const maxHeldBody = 64 << 10
 
 // mayResend says whether a request that reached a sandbox which died
