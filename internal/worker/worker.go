@@ -199,9 +199,12 @@ type session struct {
 	closed bool
 }
 
+// send queues m, stamped with the session's epoch (see stamp); before the
+// session is accepted the epoch is not known yet, and accept stamps it.
 func (s *session) send(m *pb.WorkerMessage) {
 	s.mu.Lock()
 	if !s.closed {
+		stamp(m, s.epoch)
 		s.queue = append(s.queue, m)
 	}
 	s.mu.Unlock()
@@ -209,6 +212,37 @@ func (s *session) send(m *pb.WorkerMessage) {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// accept sets the epoch the control plane gave the session and stamps the
+// messages queued before it.
+func (s *session) accept(epoch uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.epoch = epoch
+	for _, m := range s.queue {
+		stamp(m, epoch)
+	}
+}
+
+// stamp sets the epoch of the messages that carry one: sandbox and image
+// events (heartbeats are made after acceptance, with it).
+func stamp(m *pb.WorkerMessage, epoch uint64) {
+	switch m := m.Msg.(type) {
+	case *pb.WorkerMessage_Event:
+		m.Event.Epoch = epoch
+	case *pb.WorkerMessage_Image:
+		m.Image.Epoch = epoch
+	}
+}
+
+// close drops what is queued and what comes later: the next hello carries
+// the truth.
+func (s *session) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.queue = nil
+	s.mu.Unlock()
 }
 
 // adopt takes over, once, the sandboxes the runtime found again after a
@@ -246,17 +280,29 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 	if err := w.adopt(ctx); err != nil {
 		return err
 	}
+	// The hello and the session are made in one hold of w.mu: whatever
+	// happens to a sandbox after the hello (ready, exited, failed, deleted)
+	// is queued in s, behind the hello, and sent once the session is
+	// accepted, stamped with its epoch.
+	s := &session{wake: make(chan struct{}, 1)}
 	w.mu.Lock()
 	hello := &pb.WorkerHello{WorkerId: w.cfg.ID, Hostname: w.cfg.Hostname, Runtime: w.rt.Name(),
 		Capacity: w.capacity(), LastEpoch: w.lastEpoch}
-	inHello := map[string]bool{}
-	for id, e := range w.sandboxes {
+	for _, e := range w.sandboxes {
 		if e.ready {
 			hello.Sandboxes = append(hello.Sandboxes, info(e.sb))
-			inHello[id] = true
 		}
 	}
+	w.session = s
 	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		if w.session == s {
+			w.session = nil
+		}
+		w.mu.Unlock()
+		s.close()
+	}()
 	if err := stream.Send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Hello{Hello: hello}}); err != nil {
 		return err
 	}
@@ -268,29 +314,10 @@ func (w *Worker) runSession(ctx context.Context, cl pb.ControlPlaneClient) error
 	if acc == nil {
 		return errors.New("control plane did not accept the session")
 	}
-	s := &session{epoch: acc.Epoch, wake: make(chan struct{}, 1)}
+	s.accept(acc.Epoch)
 	w.mu.Lock()
-	w.session, w.lastEpoch = s, acc.Epoch
-	// Creations that ended after the hello was made reported to no
-	// session (they read w.session under w.mu): this one hears of them.
-	var late []*pb.SandboxInfo
-	for id, e := range w.sandboxes {
-		if e.ready && !inHello[id] {
-			late = append(late, info(e.sb))
-		}
-	}
+	w.lastEpoch = acc.Epoch
 	w.mu.Unlock()
-	for _, in := range late {
-		w.event(s, pb.SandboxEvent_KIND_READY, in, "", 0)
-	}
-	defer func() {
-		w.mu.Lock()
-		if w.session == s {
-			w.session = nil
-		}
-		s.closed = true
-		w.mu.Unlock()
-	}()
 	w.log.Info("connected to control plane", "addr", w.cfg.ControlPlane, "epoch", acc.Epoch, "sandboxes", len(hello.Sandboxes))
 
 	// The session's goroutines end with it: a batch being carried out
@@ -452,18 +479,17 @@ func (w *Worker) prepull(ctx context.Context, c *pb.PrepullImage) {
 		}
 		for _, fn := range fns {
 			cur.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Image{Image: &pb.ImageEvent{
-				Epoch: cur.epoch, Function: fn, Image: c.Image, Ok: err == nil, Reason: reason}}})
+				Function: fn, Image: c.Image, Ok: err == nil, Reason: reason}}})
 		}
 	}()
 }
 
 func (w *Worker) event(s *session, kind pb.SandboxEvent_Kind, in *pb.SandboxInfo, reason string, micros int64) {
 	s.send(&pb.WorkerMessage{Msg: &pb.WorkerMessage_Event{Event: &pb.SandboxEvent{
-		Epoch: s.epoch, Kind: kind, Sandbox: in, Reason: reason, CreateMicros: micros,
-	}}})
+		Kind: kind, Sandbox: in, Reason: reason, CreateMicros: micros}}})
 }
 
-// current returns the open session, or nil. Events for a closed session are
+// current returns the session being opened or open, or nil. Events for a closed session are
 // dropped: the next hello carries the truth.
 func (w *Worker) current() *session {
 	w.mu.Lock()
@@ -524,7 +550,7 @@ func (w *Worker) create(s *session, c *pb.CreateSandbox) {
 		} else {
 			e.sb, e.ready = sb, true
 		}
-		cur := w.session // read with ready set: see runSession's late READYs
+		cur := w.session // read with ready set: the hello lists it or cur reports it
 		w.mu.Unlock()
 		switch {
 		case err == nil && cancelled: // deleted while being created

@@ -255,8 +255,8 @@ func TestReadyBetweenSessions(t *testing.T) {
 	})
 	stub.mu.Lock()
 	stub.beforeAccept = func(n int) { // the second session waits for a to be ready
-		if n == 2 {
-			eventually(t, "a ready", func() bool { return ready("a") })
+		if n == 2 && !poll(func() bool { return ready("a") }) {
+			t.Error("a not ready within 10s") // a gRPC handler: no t.Fatal here
 		}
 	}
 	stub.mu.Unlock()
@@ -268,7 +268,12 @@ func TestReadyBetweenSessions(t *testing.T) {
 	if len(hello.Sandboxes) != 0 {
 		t.Errorf("the second hello lists %v; a was still being created when it was made", hello.Sandboxes)
 	}
-	time.Sleep(50 * time.Millisecond) // a second READY would come at once
+	// A second READY would have been queued before the next heartbeat
+	// (one sender, in order).
+	stub.mu.Lock()
+	hbs := len(stub.hbs)
+	stub.mu.Unlock()
+	eventually(t, "a later heartbeat", func() bool { stub.mu.Lock(); defer stub.mu.Unlock(); return len(stub.hbs) > hbs })
 	stub.mu.Lock()
 	n := 0
 	for _, ev := range stub.events {
@@ -280,6 +285,67 @@ func TestReadyBetweenSessions(t *testing.T) {
 	if n != 1 {
 		t.Errorf("a reported READY %d times, want once", n)
 	}
+}
+
+// A sandbox the hello of a new session lists, and that exits before the
+// session is accepted, is reported EXITED to that session, with its epoch:
+// the control plane must not keep routing to it.
+func TestExitBetweenSessions(t *testing.T) {
+	var rt *fake.Runtime
+	stub, w := runWorker(t, Config{
+		NewRuntime: func(onExit sandbox.ExitFunc) (sandbox.Runtime, error) {
+			r, err := fake.New(fake.Config{Delay: -1, OnExit: onExit})
+			rt = r
+			return r, err
+		}})
+	stub.out <- create(7, "a")
+	eventually(t, "a ready", func() bool { return stub.ready()["a"] })
+	gone := func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.sandboxes["a"] == nil
+	}
+	stub.mu.Lock()
+	stub.beforeAccept = func(n int) { // a exits after the second hello, before its acceptance
+		if n == 2 {
+			rt.Kill("a")
+			if !poll(gone) {
+				t.Error("the worker did not see a exit within 10s") // a gRPC handler: no t.Fatal here
+			}
+		}
+	}
+	stub.mu.Unlock()
+	stub.end <- struct{}{}
+	eventually(t, "a reported EXITED", func() bool {
+		stub.mu.Lock()
+		defer stub.mu.Unlock()
+		for _, ev := range stub.events {
+			if ev.Kind == pb.SandboxEvent_KIND_EXITED && ev.Sandbox.GetSandboxId() == "a" {
+				if ev.Epoch != stub.epoch {
+					t.Errorf("EXITED with epoch %d, want the session's %d", ev.Epoch, stub.epoch)
+				}
+				return true
+			}
+		}
+		return false
+	})
+	stub.mu.Lock()
+	hello := stub.hellos[1]
+	stub.mu.Unlock()
+	if len(hello.Sandboxes) != 1 || hello.Sandboxes[0].SandboxId != "a" {
+		t.Errorf("the second hello lists %v, want a (it exited after the hello)", hello.Sandboxes)
+	}
+}
+
+// poll says whether cond became true within 10 s, for goroutines that may
+// not call t.Fatal.
+func poll(cond func() bool) bool {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return false
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
