@@ -45,8 +45,10 @@ func Split[T proto.Message](q []T) iter.Seq[[]T] {
 // one(m), a longer run as many(run).
 func Send[T proto.Message, M any](q []T, one func(T) M, many func([]T) M, send func(M) error) error {
 	for run := range Split(q) {
-		m := one(run[0])
-		if len(run) > 1 {
+		var m M
+		if len(run) == 1 {
+			m = one(run[0])
+		} else {
 			m = many(run)
 		}
 		if err := send(m); err != nil {
