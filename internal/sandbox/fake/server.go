@@ -187,27 +187,20 @@ func (s *Server) run(c net.Conn, br *bufio.Reader, req *request, dst []byte) (in
 }
 
 // watchGone reads ahead on c in the background and calls gone if the
-// client closes it or it fails. stop ends the watch and leaves c and br
-// ready for the next request (bytes read ahead stay in br).
+// client closes it or it fails (or when stop wakes the read: gone must be
+// harmless once the request is over, as a context's cancel is). stop ends
+// the watch and leaves c and br ready for the next request (bytes read
+// ahead stay in br).
 func watchGone(c net.Conn, br *bufio.Reader, gone func()) (stop func()) {
 	c.SetReadDeadline(time.Time{})
-	var stopped sync.Mutex // held by stop: errors after it are its doing
-	var isStopped bool
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if _, err := br.Peek(1); err != nil {
-			stopped.Lock()
-			if !isStopped {
-				gone()
-			}
-			stopped.Unlock()
+			gone()
 		}
 	}()
 	return func() {
-		stopped.Lock()
-		isStopped = true
-		stopped.Unlock()
 		c.SetReadDeadline(time.Unix(1, 0)) // wakes the read ahead
 		<-done
 	}
@@ -397,13 +390,13 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 // HEAD request).
 func writeAnswer(bw *bufio.Writer, status int, ctype string, body []byte, head, closing bool) {
 	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(strconv.Itoa(status))
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(status), 10))
 	bw.WriteByte(' ')
 	bw.WriteString(http.StatusText(status))
 	bw.WriteString("\r\nContent-Type: ")
 	bw.WriteString(ctype)
 	bw.WriteString("\r\nContent-Length: ")
-	bw.WriteString(strconv.Itoa(len(body)))
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(body)), 10))
 	if closing {
 		bw.WriteString("\r\nConnection: close")
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ import (
 )
 
 // rawConn is a client connection to a fresh Server.
-func rawConn(t *testing.T) (*Server, net.Conn, *bufio.Reader) {
+func rawConn(t testing.TB) (*Server, net.Conn, *bufio.Reader) {
 	t.Helper()
 	s, err := NewServer("127.0.0.1:0")
 	if err != nil {
@@ -229,4 +230,36 @@ func TestServerCloseEndsSleeps(t *testing.T) {
 	tr.CloseIdleConnections()
 	eventually(t, 2*time.Second, func() bool { return runtime.NumGoroutine() <= before },
 		fmt.Sprintf("%d goroutines 2 s after Close, %d before the server", runtime.NumGoroutine(), before))
+}
+
+// BenchmarkServer: keep-alive `workload: empty` requests on one connection,
+// the fake runtime's cost per answered request (allocs/op counts both
+// sides; the client here allocates nothing).
+func BenchmarkServer(b *testing.B) {
+	_, c, br := rawConn(b)
+	c.SetDeadline(time.Time{})
+	req := []byte("GET / HTTP/1.1\r\nHost: f\r\nWorkload: empty\r\n\r\n")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		n := -1
+		for {
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(line) == 2 {
+				break
+			}
+			if v, ok := strings.CutPrefix(string(line), "Content-Length: "); ok { // no allocation: compared, not kept
+				n, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if n < 0 {
+			b.Fatal("answer without Content-Length")
+		}
+		br.Discard(n)
+	}
 }
