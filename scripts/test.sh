@@ -44,6 +44,8 @@ echo "== build"
 go build ./...
 echo "== vet"
 go vet ./...
+# The C relay the warm-path benchmark can use in place of testdata/relay.
+gcc -fsyntax-only -Wall -Wextra -Werror -pthread internal/e2e/testdata/crelay/relay.c
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
   echo "gofmt would change: $unformatted" >&2

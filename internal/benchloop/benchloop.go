@@ -95,7 +95,8 @@ func (l *Loop) Summary() Summary {
 // reports the figures of the comparison: rates, their ratio, p50 and p99 of
 // each and what the proxy adds at p50. floor, if not nil, is a third target
 // run in the same rounds (the least any proxy could cost, for example a
-// byte relay) and reported as floor-ratio and floor-p99-µs.
+// byte relay) and reported as floor-ratio, floor-p50-added-µs and
+// floor-p99-µs.
 func Compare(b *testing.B, direct, proxy, floor *Loop, clients int) {
 	rounds := max(min(b.N/500, 50), 1)
 	for r := range rounds {

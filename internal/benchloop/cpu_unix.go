@@ -12,8 +12,8 @@ import (
 	"time"
 )
 
-// SelfCPU is the CPU time (user and system) this process has used, to the
-// nanosecond.
+// SelfCPU is the CPU time (user and system) this process has used, from
+// getrusage (to the microsecond).
 func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {

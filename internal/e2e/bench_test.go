@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -61,7 +62,8 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 			b.Fatal(err)
 		}
 		pprof.StartCPUProfile(f)
-		defer func() { pprof.StopCPUProfile(); f.Close() }()
+		defer f.Close()
+		defer pprof.StopCPUProfile() // at the latest; right after the burst below
 	}
 	cpu0 := benchloop.SelfCPU()
 	b.ResetTimer()
@@ -99,6 +101,7 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
+	pprof.StopCPUProfile() // the burst alone (a no-op without BATON_BENCH_PROFILE)
 	if f := failed.Load(); f > 0 {
 		b.Fatalf("%d of %d cold starts failed or were not cold", f, b.N)
 	}
@@ -112,20 +115,33 @@ func BenchmarkColdStartBurstFake(b *testing.B) {
 		pprof.WriteHeapProfile(f)
 		f.Close()
 	}
-	if p := os.Getenv("BATON_BENCH_DUMP"); p != "" {
-		f, err := os.Create(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := range lat {
-			fmt.Fprintf(f, "%d %d %s\n", starts[i].Microseconds(), lat[i].Microseconds(), timings[i])
-		}
-		f.Close()
-	}
+	dump(b, starts, lat, timings)
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/op")
 	b.ReportMetric(cpu.Seconds()/elapsed.Seconds(), "cores")
 	reportStages(b, lat, timings)
 	reportLatencies(b, lat, elapsed)
+}
+
+// dump writes, if BATON_BENCH_DUMP names a file, one line per request: its
+// start (µs after the clock started), its latency (µs) and the data plane's
+// Server-Timing.
+func dump(b *testing.B, starts, lat []time.Duration, timings []string) {
+	p := os.Getenv("BATON_BENCH_DUMP")
+	if p == "" {
+		return
+	}
+	f, err := os.Create(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+	for i := range lat {
+		fmt.Fprintf(w, "%d %d %s\n", starts[i].Microseconds(), lat[i].Microseconds(), timings[i])
+	}
+	if err := w.Flush(); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // openConnections opens n keep-alive connections from the benchmark's
@@ -197,6 +213,7 @@ func reportStages(b *testing.B, lat []time.Duration, timings []string) {
 
 // BenchmarkColdStartProcess: sequential cold starts on the process runtime
 // (examples/hello), request in to answer out, each to a function at zero.
+// BATON_BENCH_DUMP as for BenchmarkColdStartBurstFake.
 func BenchmarkColdStartProcess(b *testing.B) {
 	c := startCluster(b, clusterOpts{memStore: true})
 	hello := bin(b, "hello")
@@ -205,21 +222,21 @@ func BenchmarkColdStartProcess(b *testing.B) {
 			Scaling: &pb.ScalingSpec{ScaleToZeroGraceMs: 600_000}})
 	}
 	lat := make([]time.Duration, b.N)
+	starts := make([]time.Duration, b.N)
+	timings := make([]string, b.N)
 	b.ResetTimer()
 	start := time.Now()
 	for i := range b.N {
 		t0 := time.Now()
 		a := c.invoke(b, fmt.Sprintf("pcold-%d", i), "/")
-		lat[i] = time.Since(t0)
-		if os.Getenv("BATON_BENCH_TRACE") != "" {
-			fmt.Fprintf(os.Stderr, "%d %s %s\n", i, lat[i], a.header.Get("Server-Timing"))
-		}
+		lat[i], starts[i], timings[i] = time.Since(t0), t0.Sub(start), a.header.Get("Server-Timing")
 		if a.status != 200 || a.cold() != "true" {
 			b.Fatalf("request %d: %d cold=%s %q", i, a.status, a.cold(), a.body)
 		}
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
+	dump(b, starts, lat, timings)
 	reportLatencies(b, lat, elapsed)
 }
 

@@ -41,35 +41,43 @@ func needRoot(t testing.TB) {
 	t.Skip("skipped: needs root for namespaces and cgroups (run as root, or CI=true to make this a failure)")
 }
 
+// The packages bin builds, by name.
+var binPkgs = map[string]string{
+	"fn": "./testdata/fn", "relay": "./testdata/relay", "hello": "../../examples/hello", "workload": "../../examples/workload",
+	"baton": "../../cmd/baton",
+}
+
 var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
+	binDir  string // made by the first build, removed by TestMain
+	binOnce = sync.OnceValue(func() error {
+		var err error
+		binDir, err = os.MkdirTemp("", "baton-e2e-bin-")
+		return err
+	})
+	builds sync.Map // name → func() error, each build done once
 )
 
-// bin builds the test function, the examples and the baton binary once per
-// test run and returns the path of the named one.
+// bin builds the named test function, example or the baton binary once per
+// test run (only those the tests ask for) and returns its path.
 func bin(t testing.TB, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "baton-e2e-bin-")
-		if buildErr != nil {
-			return
+	pkg, ok := binPkgs[name]
+	if !ok {
+		t.Fatalf("bin: no package for %q", name)
+	}
+	build, _ := builds.LoadOrStore(name, sync.OnceValue(func() error {
+		if err := binOnce(); err != nil {
+			return err
 		}
-		for out, pkg := range map[string]string{
-			"fn": "./testdata/fn", "relay": "./testdata/relay", "hello": "../../examples/hello", "workload": "../../examples/workload",
-			"baton": "../../cmd/baton",
-		} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, out), pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if b, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
-				return
-			}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+		return nil
+	}))
+	if err := build.(func() error)(); err != nil {
+		t.Fatal(err)
 	}
 	return filepath.Join(binDir, name)
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,9 +28,10 @@ import (
 // 1,500 µs), p50-added-µs the proxied median minus the direct one (one
 // client: at most 40 µs). The same rounds also run through testdata/relay,
 // a process that only copies bytes between each client connection and its
-// own connection to the function: floor-ratio and floor-p99-µs are what a
-// proxy that did nothing else would get, the floor for these targets on
-// the machine at hand. BATON_BENCH_UP_FLAGS adds flags to baton up (for
+// own connection to the function: floor-ratio, floor-p50-added-µs and
+// floor-p99-µs are what a proxy that did nothing else would get, the floor
+// for these targets on the machine at hand, and relay-cpu-µs/op its CPU
+// per request (all its threads). BATON_BENCH_UP_FLAGS adds flags to baton up (for
 // example --busy-poll 0).
 func BenchmarkWarmPathProcess(b *testing.B) {
 	needRoot(b)
@@ -76,14 +78,16 @@ func BenchmarkWarmPathProcess(b *testing.B) {
 }
 
 // startRelay runs testdata/relay (or $BATON_BENCH_RELAY, another program
-// that takes the target and prints its address) in front of target and returns its
-// address and process; it is killed when b ends.
+// that takes the target and prints its address on a line) in front of
+// target and returns its address and process. It runs in its own process
+// group, killed whole when b ends (a wrapper script and what it starts).
 func startRelay(b *testing.B, target string) (string, int) {
 	exe := os.Getenv("BATON_BENCH_RELAY")
 	if exe == "" {
 		exe = bin(b, "relay")
 	}
 	cmd := exec.Command(exe, target)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -92,12 +96,22 @@ func startRelay(b *testing.B, target string) (string, int) {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		b.Fatalf("relay: %v", err)
+	b.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+	line := make(chan string, 1)
+	go func() {
+		l, _ := bufio.NewReader(out).ReadString('\n')
+		line <- strings.TrimSpace(l)
+	}()
+	select {
+	case addr := <-line:
+		if addr == "" {
+			b.Fatalf("%s printed no address", exe)
+		}
+		return addr, cmd.Process.Pid
+	case <-time.After(15 * time.Second):
+		b.Fatalf("%s printed no address within 15s", exe)
+		return "", 0
 	}
-	return strings.TrimSpace(addr), cmd.Process.Pid
 }
 
 // waitSandboxAddr finds the port the one sandbox running exe serves
