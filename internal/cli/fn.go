@@ -23,14 +23,14 @@ import (
 // comma-separated list of replicas: the leader answers).
 func cpCall[T any](addrs string, timeout time.Duration, call func(context.Context, pb.ControlPlaneClient) (T, error)) (T, error) {
 	var zero T
-	c, err := cpclient.Dial(addrs)
+	c, closeCP, err := dialCP(addrs)
 	if err != nil {
 		return zero, err
 	}
-	defer c.Close()
+	defer closeCP()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	out, err := call(ctx, pb.NewControlPlaneClient(c)) // unary calls go to the leader (cpclient.Client.Invoke)
+	out, err := call(ctx, c) // unary calls go to the leader (cpclient.Client.Invoke)
 	if err != nil {
 		return zero, rpcErr(addrs, err)
 	}
