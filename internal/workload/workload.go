@@ -74,15 +74,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // fix. A sleep ends early when ctx is done (the client went away).
 func Run(ctx context.Context, dst []byte, machine, kind, requestedCPU, function string) (int, []byte) {
 	start := time.Now()
-	d, err := duration(requestedCPU)
+	a, d, err := plan(kind, requestedCPU)
 	if err != nil {
 		return http.StatusBadRequest, append(dst, err.Error()...)
 	}
-	switch {
-	case strings.Contains(kind, "empty"):
-	case strings.Contains(kind, "sleep"):
+	switch a {
+	case sleeping:
 		sleep(ctx, d)
-	default:
+	case spinning:
 		Spin(d)
 	}
 	return http.StatusOK, AppendResponse(dst, Response{
@@ -96,8 +95,31 @@ func Run(ctx context.Context, dst []byte, machine, kind, requestedCPU, function 
 // Sleeps says whether a request with these header values sleeps, and so
 // may want to learn that its client went away.
 func Sleeps(kind, requestedCPU string) bool {
+	a, d, err := plan(kind, requestedCPU)
+	return err == nil && a == sleeping && d > 0
+}
+
+// action is what a request does before its answer.
+type action int
+
+const (
+	answering action = iota // nothing ("empty" wins over the rest)
+	sleeping
+	spinning // the CPU, the default
+)
+
+// plan reads the headers' values: what to do, and for how long.
+func plan(kind, requestedCPU string) (action, time.Duration, error) {
 	d, err := duration(requestedCPU)
-	return err == nil && d > 0 && !strings.Contains(kind, "empty") && strings.Contains(kind, "sleep")
+	switch {
+	case err != nil:
+		return 0, 0, err
+	case strings.Contains(kind, "empty"):
+		return answering, 0, nil
+	case strings.Contains(kind, "sleep"):
+		return sleeping, d, nil
+	}
+	return spinning, d, nil
 }
 
 // duration is the requested_cpu header's value (0 if absent).
